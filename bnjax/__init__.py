@@ -1,0 +1,1 @@
+"""bnjax: what does batch normalisation do to the gradient?"""

@@ -1,0 +1,116 @@
+"""Config defaults, variant parsing and validation shared by `configs/*.py`.
+
+A config file defines `get_config(arg)`; `arg` is what follows the colon in
+`--config=configs/lr_sweep.py:smoke`. Every field a run reads is created
+here, so that `--config.field=value` overrides work for any experiment.
+"""
+
+import math
+
+import ml_collections
+
+from bnjax import errors, executor as executor_lib
+from bnjax.models import layers, resnet
+from bnjax.models.registry import DTYPES, MODELS
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults from He et al. (2016) wherever the paper is silent."""
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(
+      name="resnet", depth=110, norm="batch", shortcut="A", initializer="he_normal"))
+  c.data = ml_collections.ConfigDict(dict(
+      name="cifar10", data_dir="", download=True, augmentation=True,
+      synthetic_seed=0, synthetic_train_size=50_000, synthetic_test_size=10_000,
+      synthetic_noise=0.6))
+  # Members are the product arms x lrs x seeds; each key of `arms` is a
+  # model field and its tuple the values it takes.
+  c.sweep = ml_collections.ConfigDict(dict(
+      lrs=(1e-4, 3e-3, 1e-1), seeds=(0, 1, 2),
+      arms=ml_collections.ConfigDict(dict(norm=("batch", "none")))))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=128, num_steps=64_000, momentum=0.9, weight_decay=1e-4,
+      # The rate is base_lr * lr_decay**k after the k-th boundary (fractions
+      # of num_steps), and base_lr * warmup_factor for the first warmup_steps.
+      lr_boundaries=(0.5, 0.75), lr_decay=0.1, warmup_steps=0, warmup_factor=0.1,
+      # A member is frozen as diverged once its loss or parameters are not
+      # finite, or its loss exceeds max_loss.
+      max_loss=math.inf, data_seed=0, compute_dtype="float32"))
+  # How members share the device; see bnjax/executor.py.
+  c.executor = "auto"
+  c.chunk_size = 4
+  c.log_every = 100
+  c.eval_every = 1000
+  c.eval_batch_size = 1000
+  return c
+
+
+def parse_variant(arg: str | None, variants: tuple[str, ...]) -> str:
+  """Returns the variant named by `arg` ("" for the default)."""
+  arg = arg or ""
+  if arg and arg not in variants:
+    raise errors.ConfigError(
+        f"Unknown config variant {arg!r}; use one of {list(variants)} or none.")
+  return arg
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise errors.ConfigError(message)
+
+
+def _validate_model(model: dict) -> None:
+  _check(model["name"] in MODELS,
+         f"Unknown model {model['name']!r} (config.model.name); use one of {sorted(MODELS)}.")
+  _check(model["norm"] in layers.NORMS,
+         f"Unknown norm {model['norm']!r}; use one of {list(layers.NORMS)}.")
+  _check(model["shortcut"] in ("A", "B"),
+         f"Unknown shortcut option {model['shortcut']!r}; use 'A' or 'B'.")
+  _check(model["initializer"] in layers.INITIALIZERS,
+         f"Unknown initializer {model['initializer']!r}; use one of {sorted(layers.INITIALIZERS)}.")
+  try:
+    resnet.blocks_per_stage(model["depth"])
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` with one sentence for the first problem found."""
+  sweep, train = config.sweep, config.train
+  lrs = tuple(sweep.lrs)
+  _check(len(lrs) > 0, "config.sweep.lrs is empty; give at least one learning rate.")
+  for lr in lrs:
+    _check(isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
+           f"Learning rate {lr!r} in config.sweep.lrs is not a positive number; rates must be > 0.")
+  _check(len(tuple(sweep.seeds)) > 0, "config.sweep.seeds is empty; give at least one seed.")
+  _check(len(set(sweep.seeds)) == len(tuple(sweep.seeds)), "config.sweep.seeds repeats a seed; list each once.")
+  for field, values in sweep.arms.items():
+    _check(field in config.model, f"Sweep arm field {field!r} is not a model field; use one of {sorted(config.model)}.")
+    _check(len(tuple(values)) > 0, f"config.sweep.arms.{field} is empty; give at least one value.")
+  for arm in arm_configs(config):
+    _validate_model(arm)
+  _check(train.batch_size > 0, f"config.train.batch_size must be positive, got {train.batch_size}.")
+  _check(train.num_steps > 0, f"config.train.num_steps must be positive, got {train.num_steps}.")
+  _check(train.compute_dtype in DTYPES,
+         f"Unknown compute dtype {train.compute_dtype!r}; use one of {sorted(DTYPES)}.")
+  _check(all(0 < b < 1 for b in train.lr_boundaries),
+         "config.train.lr_boundaries must be fractions of training strictly between 0 and 1.")
+  _check(train.weight_decay >= 0, "config.train.weight_decay must be >= 0.")
+  _check(config.log_every > 0 and config.eval_every > 0,
+         "config.log_every and config.eval_every must be positive.")
+  _check(config.executor in executor_lib.EXECUTORS,
+         f"Unknown executor {config.executor!r}; use one of {list(executor_lib.EXECUTORS)}.")
+  _check(config.chunk_size >= 1, f"config.chunk_size must be >= 1, got {config.chunk_size}.")
+  _check(config.data.name in ("cifar10", "synthetic"),
+         f"Unknown dataset {config.data.name!r}; use 'cifar10' or 'synthetic'.")
+  if config.data.name == "synthetic":
+    _check(config.data.synthetic_train_size >= train.batch_size,
+           "config.data.synthetic_train_size is smaller than one batch; make it >= train.batch_size.")
+
+
+def arm_configs(config: ml_collections.ConfigDict) -> list[dict]:
+  """The model config of every arm: the product of `config.sweep.arms`."""
+  arms = [config.model.to_dict()]
+  for field, values in config.sweep.arms.items():
+    arms = [{**arm, field: value} for arm in arms for value in values]
+  return arms

@@ -1,0 +1,50 @@
+"""Normalisation layers and initialisers selected by name.
+
+Models take these as string arguments so that a config (and a sweep arm) can
+switch them without new model classes.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORMS = ("batch", "none")
+
+INITIALIZERS: dict[str, Callable[..., jax.Array]] = {
+    # He et al. (2015): N(0, 2 / fan_in), the CIFAR ResNet paper's choice.
+    "he_normal": nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
+    "he_uniform": nn.initializers.variance_scaling(2.0, "fan_in", "uniform"),
+    "lecun_normal": nn.initializers.variance_scaling(1.0, "fan_in", "normal"),
+    "glorot_uniform": nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+}
+
+
+def make_initializer(name: str) -> Callable[..., jax.Array]:
+  """Returns the kernel initialiser called `name`."""
+  if name not in INITIALIZERS:
+    raise ValueError(f"Unknown initialiser {name!r}; use one of {sorted(INITIALIZERS)}.")
+  return INITIALIZERS[name]
+
+
+def has_learned_shift(norm: str) -> bool:
+  """True when the normalisation carries its own bias, so convs need none."""
+  return norm != "none"
+
+
+def normalize(norm: str, x: jax.Array, train: bool, dtype: Any, name: str) -> jax.Array:
+  """Applies the normalisation called `norm`; call inside a compact method.
+
+  "batch" is batch norm over batch and space with PyTorch's defaults
+  (momentum 0.9, eps 1e-5), its statistics computed and kept in float32
+  whatever the compute dtype; "none" passes `x` through.
+  """
+  if norm == "batch":
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        dtype=dtype, param_dtype=jnp.float32, name=name)(x)
+  if norm == "none":
+    return x
+  raise ValueError(f"Unknown norm {norm!r}; use one of {list(NORMS)}.")

@@ -1,0 +1,71 @@
+"""Matplotlib figures in the style of the paper, one function per figure."""
+
+import collections
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _arm_label(record: dict[str, Any], fields: Sequence[str]) -> str:
+  parts = [f"{f}={record[f]}" for f in fields]
+  return ", ".join(parts + [f"lr={record['lr']:g}"])
+
+
+def _curves(metrics: list[dict], key: str, group_of: dict[int, tuple]
+            ) -> dict[tuple, dict[int, dict[int, float]]]:
+  """group -> member -> step -> value, for records that carry `key`."""
+  curves: dict = collections.defaultdict(lambda: collections.defaultdict(dict))
+  for r in metrics:
+    if r.get(key) is not None:
+      curves[group_of[r["member"]]][r["member"]][r["step"]] = r[key]
+  return curves
+
+
+def _mean_and_spread(per_member: dict[int, dict[int, float]]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Steps where any seed has a value; mean, min and max over those seeds."""
+  steps = sorted({s for values in per_member.values() for s in values})
+  rows = [[values.get(s, np.nan) for s in steps] for values in per_member.values()]
+  table = np.asarray(rows, dtype=float)
+  with np.errstate(all="ignore"):
+    return (np.asarray(steps), np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0))
+
+
+def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[str],
+                    path: str, num_steps: int) -> None:
+  """F1: train and test accuracy against % of training, per (arm, lr).
+
+  Lines are the mean over seeds, the band spans min to max; a group whose
+  members diverged says so in the legend, and its curve ends there.
+  """
+  groups = {m["member"]: tuple(m[f] for f in fields) + (m["lr"],) for m in members}
+  label_of = {groups[m["member"]]: _arm_label(m, fields) for m in members}
+  diverged = collections.Counter(groups[m["member"]] for m in members if m["status"] == "diverged")
+  size = collections.Counter(groups.values())
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, key, title in zip(axes, ("train_accuracy", "test_accuracy"), ("Train", "Test")):
+    for i, (group, per_member) in enumerate(sorted(_curves(metrics, key, groups).items(), key=str)):
+      steps, mean, low, high = _mean_and_spread(per_member)
+      pct = 100.0 * steps / num_steps
+      label = label_of[group]
+      if diverged[group]:
+        label += f" (diverged {diverged[group]}/{size[group]})"
+      color = colors[i % len(colors)]
+      ax.plot(pct, 100 * mean, color=color, label=label)
+      ax.fill_between(pct, 100 * low, 100 * high, color=color, alpha=0.2, linewidth=0)
+    ax.set_title(f"{title} accuracy")
+    ax.set_xlabel("% of training")
+    ax.set_xlim(0, 100)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("accuracy (%)")
+  axes[1].legend(fontsize=7, loc="lower right")
+  fig.suptitle("Accuracy during training (mean and min-max over seeds)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

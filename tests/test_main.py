@@ -1,0 +1,105 @@
+"""The command line: config errors as one sentence, the smoke sweep end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bnjax import config as config_lib, errors
+
+from conftest import REPO, load_config
+
+
+def _main(workdir, *overrides, variant="smoke", timeout=600):
+  return subprocess.run(
+      [sys.executable, "-m", "bnjax.main", f"--config=configs/lr_sweep.py:{variant}",
+       f"--workdir={workdir}", *overrides],
+      cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model.name", "vgg", "Unknown model 'vgg'"),
+    ("model.depth", 21, "depth 21 is not of the form 6n\\+2"),
+    ("sweep.lrs", (), "config.sweep.lrs is empty"),
+    ("sweep.lrs", (0.1, -0.01), "Learning rate -0.01 .* not a positive number"),
+    ("sweep.seeds", (), "config.sweep.seeds is empty"),
+    ("train.compute_dtype", "float8", "Unknown compute dtype"),
+    ("executor", "pmap", "Unknown executor"),
+])
+def test_bad_configs_are_rejected_with_one_sentence(field, value, message):
+  config = load_config("lr_sweep", "smoke")
+  section, _, name = field.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(errors.ConfigError, match=message) as info:
+    config_lib.validate(config)
+  assert "\n" not in str(info.value) and str(info.value).endswith(".")
+
+
+def test_unknown_sweep_arm_field_is_rejected():
+  config = load_config("lr_sweep", "smoke")
+  config.sweep.arms.width = (1, 2)
+  with pytest.raises(errors.ConfigError, match="'width' is not a model field"):
+    config_lib.validate(config)
+
+
+def test_unknown_variant_is_rejected():
+  with pytest.raises(errors.ConfigError, match="Unknown config variant 'tiny'"):
+    load_config("lr_sweep", "tiny")
+
+
+def test_paper_grid_is_the_default():
+  config = load_config("lr_sweep")
+  config_lib.validate(config)
+  assert config.model.depth == 110 and config.data.name == "cifar10"
+  assert tuple(config.sweep.lrs) == (1e-4, 3e-3, 1e-1) and len(config.sweep.seeds) == 3
+  assert tuple(config.sweep.arms.norm) == ("batch", "none")
+  assert config.train.batch_size == 128 and config.train.num_steps == 64_000
+
+
+def test_command_line_reports_bad_input_in_one_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  result = _main(workdir, "--config.sweep.lrs=(0.1,-1.0)", timeout=120)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: Learning rate -1.0 in config.sweep.lrs is not a positive number")
+  assert not workdir.exists()
+
+
+def test_missing_cifar10_from_the_command_line(tmp_path):
+  result = _main(tmp_path / "run", "--config.data.name=cifar10", "--config.data.download=False",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}", timeout=120)
+  assert result.returncode != 0
+  assert "CIFAR-10 is not prepared in" in result.stderr.strip().splitlines()[-1]
+
+
+def test_smoke_sweep_end_to_end(tmp_path):
+  """The README's first quick-start command, as a user runs it."""
+  workdir = tmp_path / "smoke"
+  result = _main(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["model"]["depth"] == 8
+  members = json.loads((workdir / "members.json").read_text())
+  assert len(members) == 12
+  bn = [m for m in members if m["norm"] == "batch"]
+  no_bn = [m for m in members if m["norm"] == "none"]
+  assert all(m["status"] == "trained" for m in bn)
+  assert any(m["status"] == "diverged" and m["diverged_step"] is not None for m in no_bn)
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  final = {r["member"]: r for r in lines if r["step"] == config["train"]["num_steps"]}
+  assert set(final) == {m["member"] for m in members if m["status"] == "trained"}
+  for record in final.values():
+    assert {"train_loss", "train_accuracy", "grad_norm", "param_norm", "learning_rate",
+            "test_loss", "test_accuracy", "lr", "seed", "norm"} <= set(record)
+  # BN at its best rate learns the synthetic task clearly.
+  assert max(final[m["member"]]["test_accuracy"] for m in bn) > 0.6
+  assert "images/s" in result.stderr and "ETA" in result.stderr
+  assert os.path.getsize(workdir / "figures" / "accuracy.png") > 10_000
+  # Rerunning the same command with another config refuses to touch the run.
+  before = (workdir / "metrics.jsonl").read_bytes()
+  clash = _main(workdir, "--config.train.num_steps=7", timeout=120)
+  assert clash.returncode != 0 and "different config" in clash.stderr
+  assert "train.num_steps" in clash.stderr.strip().splitlines()[-1]
+  assert (workdir / "metrics.jsonl").read_bytes() == before

@@ -1,0 +1,78 @@
+"""The CIFAR ResNet: exact parameter counts, shapes, options, recorded layers."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnjax.models import make_model
+from bnjax.models.resnet import CifarResNet
+
+
+def _param_count(model) -> int:
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("depth, expected", [(20, 269_722), (110, 1_727_962)])
+def test_parameter_counts_match_the_paper(depth, expected):
+  assert _param_count(CifarResNet(depth=depth, norm="batch", shortcut="A")) == expected
+
+
+@pytest.mark.parametrize("depth", [32, 44, 56])
+def test_parameter_counts_of_other_depths(depth):
+  # About 0.46M, 0.66M, 0.85M (He et al. 2016, table 6).
+  expected = {32: 0.46e6, 44: 0.66e6, 56: 0.85e6}[depth]
+  assert abs(_param_count(CifarResNet(depth=depth)) - expected) < 0.01e6
+
+
+def test_without_bn_convs_carry_biases_and_no_batch_stats():
+  shapes = jax.eval_shape(CifarResNet(depth=8, norm="none").init, jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))
+  assert "batch_stats" not in shapes
+  assert "bias" in shapes["params"]["stem"]["conv"]
+  with_bn = jax.eval_shape(CifarResNet(depth=8, norm="batch").init, jax.random.key(0),
+                           jnp.zeros((1, 32, 32, 3)))
+  assert "bias" not in with_bn["params"]["stem"]["conv"]
+
+
+def test_shortcut_b_uses_projections():
+  shapes = jax.eval_shape(CifarResNet(depth=8, shortcut="B").init, jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))
+  assert "projection" in shapes["params"]["stage2_block00"]
+  assert "projection" not in shapes["params"]["stage1_block00"]
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_output_shape_and_train_mode_updates_batch_stats(norm):
+  model = CifarResNet(depth=8, norm=norm)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert logits.shape == (4, 10) and logits.dtype == jnp.float32
+  assert ("batch_stats" in updates) == (norm == "batch")
+
+
+def test_intermediates_are_recorded_only_when_asked():
+  model = CifarResNet(depth=8, norm="batch")
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  assert set(variables) == {"params", "batch_stats"}
+  logits, state = model.apply(variables, x, mutable=["intermediates"])
+  flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
+  names = set(flat)
+  # ResNet-8: stem + 3 blocks x 2 convs = 7 convs, each with conv_out and norm_out.
+  assert sum(k.endswith("conv_out") for k in names) == 7
+  assert sum(k.endswith("norm_out") for k in names) == 7
+  assert sum(k.endswith("block_out") for k in names) == 3
+  np.testing.assert_array_equal(flat["logits"][0], logits)
+
+
+def test_bad_depth_and_unknown_names_are_rejected():
+  with pytest.raises(ValueError, match="6n\\+2"):
+    _param_count(CifarResNet(depth=21))
+  with pytest.raises(ValueError, match="Unknown model"):
+    make_model({"name": "vgg", "depth": 20})
+  with pytest.raises(ValueError, match="Unknown norm"):
+    _param_count(CifarResNet(depth=8, norm="layer"))
