@@ -9,7 +9,7 @@ import math
 
 import ml_collections
 
-from bnjax import errors, executor as executor_lib
+from bnjax import errors, executor as executor_lib, jobs
 from bnjax.models import layers, resnet
 from bnjax.models.registry import DTYPES, MODELS
 
@@ -17,6 +17,7 @@ from bnjax.models.registry import DTYPES, MODELS
 def base_config() -> ml_collections.ConfigDict:
   """Defaults from He et al. (2016) wherever the paper is silent."""
   c = ml_collections.ConfigDict()
+  c.job = "train"  # what bnjax.main runs; see bnjax/jobs.py
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", depth=110, norm="batch", shortcut="A", initializer="he_normal"))
   c.data = ml_collections.ConfigDict(dict(
@@ -76,6 +77,7 @@ def _validate_model(model: dict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` with one sentence for the first problem found."""
+  _check(config.job in jobs.JOBS, f"Unknown job {config.job!r} (config.job); use one of {sorted(jobs.JOBS)}.")
   sweep, train = config.sweep, config.train
   lrs = tuple(sweep.lrs)
   _check(len(lrs) > 0, "config.sweep.lrs is empty; give at least one learning rate.")

@@ -8,7 +8,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bnjax import config as config_lib, errors, loop
+from bnjax import config as config_lib, errors, jobs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':variant'.",
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   try:
     config_lib.validate(config)
-    loop.train_sweep(config, _WORKDIR.value)
+    jobs.resolve(config.job)(config, _WORKDIR.value)
   except errors.BnjaxError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

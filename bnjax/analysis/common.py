@@ -1,0 +1,65 @@
+"""Pieces every analysis needs: the loss, recorded layers in depth order, members at init."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from bnjax import data, sweep, train
+from bnjax.models import make_model
+
+Variables = Mapping[str, Any]
+
+
+def loss(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,
+         labels_B: jax.Array, train_mode: bool = True) -> jax.Array:
+  """Mean cross-entropy of a batch; in train mode BN uses batch statistics.
+
+  Train mode is what the optimizer sees, so it is the default for the
+  gradient analyses. The updated BN statistics are discarded.
+  """
+  if train_mode:
+    logits, _ = model.apply(variables, images_BxHxWxC, train=True, mutable=["batch_stats"])
+  else:
+    logits = model.apply(variables, images_BxHxWxC, train=False)
+  return train.cross_entropy(logits, labels_B)
+
+
+def recorded_layers(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,
+                    kind: str, train_mode: bool = True) -> list[tuple[str, jax.Array]]:
+  """[(module path, activation)] of every recorded `kind`, in depth order.
+
+  `kind` is one of conv_out, norm_out, branch_out, block_out, logits (see
+  bnjax/models/resnet.py). Module names carry their position, so sorting
+  by path gives depth order (stem, stage1_block00, ..., stage3_block17).
+  """
+  _, state = model.apply(variables, images_BxHxWxC, train=train_mode,
+                         mutable=["intermediates", "batch_stats"])
+  flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
+  found = [(path.rsplit("/", 1)[0] if "/" in path else "", values[0])
+           for path, values in flat.items() if path.rsplit("/", 1)[-1] == kind]
+  return sorted(found, key=lambda item: _depth_key(item[0]))
+
+
+def _depth_key(path: str) -> tuple:
+  """stem < stage1_block00/conv_norm1 < .../conv_norm2 < .../projection < stage1_block01 ..."""
+  order = {"stem": 0, "conv_norm1": 1, "conv_norm2": 2, "projection": 3, "": 9}
+  parts = path.split("/")
+  return tuple((order.get(p, 5), p) for p in parts)
+
+
+def arm_models(config: ml_collections.ConfigDict) -> list[tuple[sweep.Arm, nn.Module]]:
+  """Every arm of the config with its Flax model."""
+  return [(arm, make_model(arm.model_config, num_classes=data.NUM_CLASSES,
+                           dtype=config.train.compute_dtype))
+          for arm in sweep.make_arms(config)]
+
+
+def init_variables(model: nn.Module, seed: int) -> dict[str, Any]:
+  """A member's variables at initialisation ({params, batch_stats})."""
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, *data.IMAGE_SHAPE)), train=False)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}

@@ -1,0 +1,24 @@
+"""What `python -m bnjax.main` runs for a config: `config.job` names it.
+
+Each job is a function (config, workdir) -> None, named here as
+"module:function" so that importing this registry imports no job.
+"""
+
+import importlib
+from collections.abc import Callable
+
+import ml_collections
+
+from bnjax import errors
+
+JOBS: dict[str, str] = {
+    "train": "bnjax.loop:train_sweep",
+}
+
+
+def resolve(name: str) -> Callable[[ml_collections.ConfigDict, str], object]:
+  """The job function registered as `name`."""
+  if name not in JOBS:
+    raise errors.ConfigError(f"Unknown job {name!r} (config.job); use one of {sorted(JOBS)}.")
+  module, function = JOBS[name].split(":")
+  return getattr(importlib.import_module(module), function)
