@@ -91,3 +91,13 @@ class ArmExecutor:
   def states(self) -> train.State:
     """The arm's state stacked over all members."""
     return merge(self.chunks)
+
+  @property
+  def metric_sums(self) -> train.Metrics:
+    """The train-metric sums since the last `take_metric_means`, (M,) each."""
+    return merge(self.sums)
+
+  def load(self, states: train.State, sums: train.Metrics) -> None:
+    """Replaces the members' states and metric sums (e.g. from a checkpoint)."""
+    size = jax.tree.leaves(self.chunks[0])[0].shape[0]
+    self.chunks, self.sums = split(states, size), split(sums, size)
