@@ -92,6 +92,11 @@ class ArmExecutor:
     """The arm's state stacked over all members."""
     return merge(self.chunks)
 
+  def divergence(self) -> tuple[np.ndarray, np.ndarray]:
+    """(diverged (M,) bool, diverged_step (M,) int) fetched to the host."""
+    flags = jax.device_get([(c["diverged"], c["diverged_step"]) for c in self.chunks])
+    return (np.concatenate([f[0] for f in flags]), np.concatenate([f[1] for f in flags]))
+
   @property
   def metric_sums(self) -> train.Metrics:
     """The train-metric sums since the last `take_metric_means`, (M,) each."""

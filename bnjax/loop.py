@@ -10,7 +10,6 @@ import signal
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
@@ -39,8 +38,7 @@ def build_arm(arm: sweep.Arm, config: ml_collections.ConfigDict) -> ArmRun:
 
 
 def _member_status(run: ArmRun) -> list[tuple[bool, int]]:
-  states = run.executor.states
-  diverged, steps = jax.device_get((states["diverged"], states["diverged_step"]))
+  diverged, steps = run.executor.divergence()
   return [(bool(d), int(s)) for d, s in zip(diverged, steps)]
 
 

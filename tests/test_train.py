@@ -133,3 +133,35 @@ def test_synthetic_data_is_learnable():
   model = make_model(config.model.to_dict())
   metrics = train.make_arm_eval(model, 256)(states, dataset)
   assert float(metrics["test_accuracy"][0]) > 0.5  # chance is 0.1
+
+
+def test_the_step_compiles_once_for_all_steps_and_rates(tiny_dataset):
+  config = tiny_config(num_steps=100)
+  model, tx, step_fn, eval_fn = _compiled(config.to_json(), "none")
+  states = train.init_arm(model, tx, (0, 1), jnp.asarray([0.01, 0.2], jnp.float32))
+  arm = executor.ArmExecutor.create(step_fn, eval_fn, states, 2)
+  for t in range(3):
+    arm.step(tiny_dataset, jnp.asarray(t, jnp.int32))
+  other_rates = train.init_arm(model, tx, (2, 3), jnp.asarray([0.5, 1e-4], jnp.float32))
+  arm.load(other_rates, train.zero_metrics(2))
+  arm.step(tiny_dataset, jnp.asarray(3, jnp.int32))
+  assert step_fn._cache_size() == 1
+
+
+def test_bfloat16_compute_follows_float32(tiny_dataset):
+  """bf16 activations, float32 parameters, optimizer state and BN statistics."""
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_config(num_steps=100, compute_dtype=dtype)
+    config.model.norm = "batch"
+    model = make_model(config.model.to_dict(), dtype=dtype)
+    tx = train.make_optimizer(0.9, 1e-4)
+    step_fn = train.make_arm_step(model, tx, config.train.to_dict(), True)
+    states = train.init_arm(model, tx, (0,), jnp.asarray([0.05], jnp.float32))
+    sums = train.zero_metrics(1)
+    for t in range(40):
+      states, sums = step_fn(states, sums, tiny_dataset, jnp.asarray(t, jnp.int32))
+    assert {x.dtype for x in jax.tree.leaves((states["params"], states["batch_stats"],
+                                              states["opt_state"]))} <= {np.dtype("float32"), np.dtype("int32")}
+    losses[dtype] = float(sums["train_loss"][0]) / 40
+  assert abs(losses["bfloat16"] - losses["float32"]) < 0.05 * losses["float32"], losses
