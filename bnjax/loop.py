@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from bnjax import checkpoint, data, errors, executor as executor_lib, plots, sweep, train, workdir as workdir_lib
+from bnjax import checkpoint, data, errors, plots, sweep, train
+from bnjax import executor as executor_lib, workdir as workdir_lib
 
 
 @dataclasses.dataclass
