@@ -8,6 +8,7 @@ batch t.
 """
 
 import dataclasses
+import importlib.util
 import os
 import socket
 from collections.abc import Mapping
@@ -124,10 +125,10 @@ def _not_available(data_dir: str | None, why: str) -> DataError:
   where = data_dir or "the default TFDS data directory (~/tensorflow_datasets)"
   return DataError(
       f"CIFAR-10 is not prepared in {where} and {why}; either prepare it on a"
-      " connected machine (`python -c \"import tensorflow_datasets as tfds;"
-      " tfds.builder('cifar10', data_dir=DIR).download_and_prepare(file_format="
-      "'array_record')\"`) and pass --config.data.data_dir=DIR, or use the"
-      " synthetic data with --config.data.name=synthetic.")
+      " connected machine (`pip install -e \".[prepare]\" && python -m"
+      " bnjax.prepare_data --data_dir=DIR`), copy DIR here and pass"
+      " --config.data.data_dir=DIR, or use the synthetic data with"
+      " --config.data.name=synthetic.")
 
 
 def _can_reach(host: str, timeout_s: float = 3.0) -> bool:
@@ -143,6 +144,16 @@ def _read_split(source: Any) -> tuple[np.ndarray, np.ndarray]:
   images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
   labels = np.asarray([int(ex["label"]) for ex in examples], np.int32)
   return images, labels
+
+
+def _prepare(builder: Any) -> None:
+  """Downloads and prepares CIFAR-10 as ArrayRecord files (needs TensorFlow)."""
+  if importlib.util.find_spec("tensorflow") is None:
+    raise DataError(
+        "Preparing CIFAR-10 with TFDS needs TensorFlow, which is not installed; run"
+        " `pip install -e \".[prepare]\"` once (reading prepared data does not need it),"
+        " or use the synthetic data with --config.data.name=synthetic.")
+  builder.download_and_prepare()
 
 
 def cifar10(data_dir: str | None, download: bool) -> Dataset:
@@ -166,7 +177,7 @@ def cifar10(data_dir: str | None, download: bool) -> Dataset:
       raise _not_available(data_dir, "downloading is switched off (data.download=False)") from None
     if not _can_reach(CIFAR10_URL_HOST):
       raise _not_available(data_dir, f"{CIFAR10_URL_HOST} cannot be reached to download it") from None
-    builder.download_and_prepare()
+    _prepare(builder)
     splits = open_splits()
   return from_numpy(_read_split(splits["train"]), _read_split(splits["test"]))
 

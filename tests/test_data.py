@@ -85,3 +85,38 @@ def test_missing_cifar10_fails_fast_with_one_clear_sentence(tmp_path, monkeypatc
     data.load({**config, "download": True})
   assert time.perf_counter() - start < 10
   assert not any(tmp_path.iterdir())  # nothing half-downloaded left behind
+
+
+def _write_fake_cifar10_binaries(root, per_file: int) -> None:
+  """Files shaped like cifar-10-binary.tar.gz, extracted: label byte + 3072 pixels."""
+  folder = root / "cifar-10-batches-bin"
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+  for name in names:
+    records = [np.concatenate([[i % 10], rng.integers(0, 256, 3072)]) for i in range(per_file)]
+    (folder / name).write_bytes(np.asarray(records, np.uint8).tobytes())
+  classes = "airplane automobile bird cat deer dog frog horse ship truck".split()
+  (folder / "batches.meta.txt").write_text("\n".join(classes))
+
+
+def test_cifar10_is_prepared_by_tfds_when_missing(tmp_path, monkeypatch):
+  """The download-and-prepare path, with only the network fetch replaced."""
+  _write_fake_cifar10_binaries(tmp_path / "download", per_file=4)
+  monkeypatch.setattr(data, "_can_reach", lambda host, timeout_s=3.0: True)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      lambda self, url: str(tmp_path / "download"))
+  dataset = data.cifar10(str(tmp_path / "tfds"), download=True)
+  assert dataset.train.size == 20 and dataset.test.size == 4
+  assert sorted(np.asarray(dataset.train.labels_N).tolist()) == sorted([0, 1, 2, 3] * 5)
+  again = data.cifar10(str(tmp_path / "tfds"), download=False)  # now read, not prepared
+  np.testing.assert_array_equal(again.train.images_Nx32x32x3, dataset.train.images_Nx32x32x3)
+
+
+def test_preparing_without_tensorflow_says_what_to_install(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "_can_reach", lambda host, timeout_s=3.0: True)
+  real_find_spec = data.importlib.util.find_spec
+  monkeypatch.setattr(data.importlib.util, "find_spec",
+                      lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
+  with pytest.raises(data.DataError, match="needs TensorFlow.*\\.\\[prepare\\]"):
+    data.cifar10(str(tmp_path), download=True)
