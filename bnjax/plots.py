@@ -144,11 +144,11 @@ def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr:
                             path: str) -> None:
   """F5: per-channel means and log10 variances of chosen layers along θ + s·Δθ.
 
-  Rows: for each arm, channel means then log10 channel variances; columns:
-  the chosen layers. Horizontal axis: channel; vertical: the fraction s of
+  Rows: for each arm (its first seed), channel means then log10 channel
+  variances; columns: the chosen layers. Horizontal axis: channel; vertical: the fraction s of
   the SGD step −lr·g applied. Non-finite values are left blank.
   """
-  records = [r for r in members if r.get("update")]
+  records = [group[0] for group in _by_arm(members, "update").values()]
   layer_keys = sorted((k for k in records[0]["update"] if k.startswith("mean_")),
                       key=lambda k: int(k.split("_")[1]))
   fig, axes = plt.subplots(2 * len(records), len(layer_keys), squeeze=False,
@@ -227,28 +227,38 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str) -> Non
 def random_matrix_figure(results: dict, path: str) -> None:
   """F8: singular values of products of k Gaussian matrices; the network Jacobian's.
 
-  Top row: one histogram per k (density). Bottom row, one panel per arm:
-  the Jacobian's singular values divided by the largest, on a log axis.
+  Top row: one histogram per k (density). Bottom row: the Jacobian's
+  singular values of every arm, as they are and divided by the largest,
+  largest first on a log axis.
   """
   products = results["products"]
   arms = _by_arm(results["jacobian"])
-  cols = max(len(products), len(arms))
+  cols = max(len(products), 2)
   fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7), squeeze=False)
   for ax, (name, p) in zip(axes[0], products.items()):
     s = _nan(p["singular_values"])
     ax.hist(s, bins=60, density=True, color="C0")
-    ax.set_title(f"product of {name[1:]} matrices (N={results['matrix_size']})", fontsize=10)
+    ax.set_title(f"k = {name[1:]} Gaussian matrices (N={results['matrix_size']})", fontsize=10)
     ax.set_xlabel("singular value")
     ax.set_ylabel("density")
-  for ax, (arm, records) in zip(axes[1], arms.items()):
+  sorted_ax, spread_ax = axes[1][0], axes[1][1]
+  for i, (arm, records) in enumerate(arms.items()):
     for j, r in enumerate(records):
       s = _nan(r["singular_values"])
-      with np.errstate(all="ignore"):
-        ax.hist(np.log10(s / np.nanmax(s)), bins=30, alpha=1.0 if j == 0 else 0.4, color="C1")
-    ax.set_title(f"{arm}: Jacobian, log10 cond {records[0]['log10_condition']:.2f}", fontsize=10)
-    ax.set_xlabel("log10(singular value / largest)")
-    ax.set_ylabel("count")
-  for ax in list(axes[0][len(products):]) + list(axes[1][len(arms):]):
+      label = f"{arm} (log10 cond {r['log10_condition']:.2f})" if j == 0 else None
+      alpha = 1.0 if j == 0 else 0.4
+      sorted_ax.plot(np.arange(1, len(s) + 1), s, "o-", ms=2, color=f"C{i}", alpha=alpha, label=label)
+      spread_ax.plot(np.arange(1, len(s) + 1), s / np.nanmax(s), "o-", ms=2, color=f"C{i}",
+                     alpha=alpha, label=label)
+  for ax, what in ((sorted_ax, "singular value"), (spread_ax, "singular value / largest")):
+    ax.set_yscale("log")
+    ax.set_xlabel("index (largest first)")
+    ax.set_ylabel(what)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+  sorted_ax.set_title("Network Jacobian (logits w.r.t. images)", fontsize=10)
+  spread_ax.set_title("Network Jacobian, normalised by the largest", fontsize=10)
+  for ax in list(axes[0][len(products):]) + list(axes[1][2:]):
     ax.axis("off")
   _save(fig, path, "Singular values: random matrix products and the network's input-output"
         f" Jacobian at initialisation (step 0, {results['jacobian_batch']} images)")

@@ -11,10 +11,9 @@ DIR/figures/.
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -61,12 +60,19 @@ def arm_label(config: ml_collections.ConfigDict, arm: sweep.Arm) -> str:
   return ", ".join(f"{f}={arm.model_config[f]}" for f in sweep.arm_fields(config))
 
 
-def members_at_init(config: ml_collections.ConfigDict
-                    ) -> Iterator[tuple[str, nn.Module, int, common.Variables]]:
-  """(arm label, model, seed, variables at init) for every arm x seed."""
+def members_at_init(config: ml_collections.ConfigDict, analysis: Callable[..., Any],
+                    *args: Any) -> Iterator[tuple[str, int, Any]]:
+  """(arm label, seed, analysis(model, variables at init, *args)) for every arm x seed.
+
+  The analysis is jitted once per arm and gets the variables as an argument.
+  Initialisation runs eagerly: on a CPU, compiling Flax's init (random
+  bits for every parameter) takes longer than running it op by op.
+  """
   for arm, model in common.arm_models(config):
+    run = jax.jit(lambda variables, *a, m=model: analysis(m, variables, *a))
     for seed in config.sweep.seeds:
-      yield arm_label(config, arm), model, int(seed), common.init_variables(model, int(seed))
+      variables = common.init_variables(model, int(seed))
+      yield arm_label(config, arm), int(seed), jax.device_get(run(variables, *args))
 
 
 def first_batch(config: ml_collections.ConfigDict, batch_size: int | None = None
@@ -104,30 +110,22 @@ def activations(config: ml_collections.ConfigDict, workdir: str) -> None:
   results: dict[str, Any] = {"batch_size": int(labels.shape[0]), "step": 0,
                              "update_lr": cfg.update_lr, "update_layers": list(cfg.update_layers),
                              "fractions": fractions, "members": []}
-  jitted: dict[str, Any] = {}
-  for label, model, seed, variables in members_at_init(config):
-    if label not in jitted:
-      jitted[label] = (
-          jax.jit(lambda v, x, m=model: act.moments_vs_depth(m, v, x)),
-          jax.jit(lambda v, x, m=model: act.signal_propagation(m, v, x)),
-          jax.jit(lambda v, x, m=model: act.layer_statistics(m, v, x)),
-          jax.jit(lambda v, x, y, m=model: act.diverging_update_moments(
-              m, v, x, y, cfg.update_lr, fractions, tuple(cfg.update_layers))))
-    depth_fn, signal_fn, stats_fn, update_fn = jitted[label]
-    moments = jax.device_get(depth_fn(variables, images))
-    stats = jax.device_get(stats_fn(variables, images))
+  def analysis(model, variables, x, y):
+    return (act.moments_vs_depth(model, variables, x), act.signal_propagation(model, variables, x),
+            act.layer_statistics(model, variables, x), act.diverging_update_moments(
+                model, variables, x, y, cfg.update_lr, fractions, tuple(cfg.update_layers)))
+
+  for label, seed, out in members_at_init(config, analysis, images, labels):
+    moments, signal, stats, update = out
     record = {
         "arm": label, "seed": seed,
         "log10_abs_mean": [_channel_summary(m) for m in moments["abs_mean_C"]],
         "log10_std": [_channel_summary(s) for s in moments["std_C"]],
-        "signal_propagation": signal_fn(variables, images),
+        "signal_propagation": signal,
         "rms": {kind: [s["rms"] for s in layer] for kind, layer in stats.items()},
+        "update": {"loss": update["loss_S"], "relative_loss": update["loss_S"] / update["loss_S"][0],
+                   **{k: v for k, v in update.items() if k != "loss_S"}},
     }
-    if seed == config.sweep.seeds[0]:
-      update = jax.device_get(update_fn(variables, images, labels))
-      record["update"] = {"loss": update["loss_S"],
-                          "relative_loss": update["loss_S"] / update["loss_S"][0],
-                          **{k: v for k, v in update.items() if k != "loss_S"}}
     results["members"].append(record)
   write_analysis(workdir, "activations", results)
   members = to_json(results["members"])
@@ -147,11 +145,8 @@ def gradients(config: ml_collections.ConfigDict, workdir: str) -> None:
   images, labels = first_batch(config)
   results: dict[str, Any] = {"batch_size": int(labels.shape[0]), "step": 0,
                              "histogram_layer": layer, "members": []}
-  jitted: dict[str, Any] = {}
-  for label, model, seed, variables in members_at_init(config):
-    if label not in jitted:
-      jitted[label] = jax.jit(lambda v, x, y, m=model: grad.gradient_summary(m, v, x, y, layer))
-    out = jax.device_get(jitted[label](variables, images, labels))
+  summary = lambda model, variables, x, y: grad.gradient_summary(model, variables, x, y, layer)
+  for label, seed, out in members_at_init(config, summary, images, labels):
     probs_BxK = out["output_grad_BxK"] * labels.shape[0] + np.eye(data.NUM_CLASSES)[labels]
     predictions = grad.input_independence(jnp.asarray(probs_BxK))
     record = {"arm": label, "seed": seed, "loss": out["loss"],
@@ -186,11 +181,8 @@ def random_matrix(config: ml_collections.ConfigDict, workdir: str) -> None:
       "products": {k: {"singular_values": v, "max": float(jnp.max(v)),
                        "share_below_0.1": float(jnp.mean(v < 0.1))} for k, v in spectra.items()},
       "jacobian_batch": cfg.jacobian_batch, "jacobian": []}
-  jitted: dict[str, Any] = {}
-  for label, model, seed, variables in members_at_init(config):
-    if label not in jitted:
-      jitted[label] = jax.jit(lambda v, x, m=model: rm.jacobian_singular_values(m, v, x, cfg.chunk))
-    results["jacobian"].append({"arm": label, "seed": seed,
-                                **jax.device_get(jitted[label](variables, images))})
+  spectrum = lambda model, variables, x: rm.jacobian_singular_values(model, variables, x, cfg.chunk)
+  for label, seed, out in members_at_init(config, spectrum, images):
+    results["jacobian"].append({"arm": label, "seed": seed, **out})
   write_analysis(workdir, "random_matrix", results)
   plots.random_matrix_figure(to_json(results), workdir_lib.figure_path(workdir, "random_matrix_f8"))
