@@ -5,9 +5,10 @@
 
 Every member (norm batch / none x seeds) at initialisation, on training
 batch 0: per-channel moments of every weight layer against depth (F6), the
-signal propagation summaries of Brock et al. (2021), and (first seed) the
+signal propagation summaries of Brock et al. (2021), and the
 per-channel moments of `update_layers` while the SGD step −update_lr·g is
-applied in `num_fractions` steps from 0 to 1 (F5).
+applied in `num_fractions` steps from 0 to 1 (F5; the figure shows each
+arm's first seed).
 
 update_lr = 3e-3 is where the paper's no-BN ResNet-110 diverges along the
 gradient (F4: relative loss past 1e6 by 3-5e-3); the BN members get the same
