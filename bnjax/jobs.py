@@ -11,6 +11,9 @@ from bnjax import errors
 
 JOBS: dict[str, str] = {
     "train": "bnjax.loop:train_sweep",
+    "activations": "bnjax.analysis.jobs_layers:activations",
+    "gradients": "bnjax.analysis.jobs_layers:gradients",
+    "random_matrix": "bnjax.analysis.jobs_layers:random_matrix",
 }
 
 

@@ -69,3 +69,196 @@ def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[s
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+# ---------------------------------------------------------------- layer analyses at initialisation
+
+
+def _by_arm(members: list[dict], key: str | None = None) -> dict[str, list[dict]]:
+  """Member records grouped by arm label, in order, keeping those that carry `key`."""
+  groups: dict[str, list[dict]] = collections.defaultdict(list)
+  for m in members:
+    if key is None or m.get(key) is not None:
+      groups[m["arm"]].append(m)
+  return dict(groups)
+
+
+def _nan(values: Sequence) -> np.ndarray:
+  """A float array with JSON nulls (non-finite values) as NaN."""
+  return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _save(fig: Any, path: str, title: str) -> None:
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def moments_vs_depth_figure(members: list[dict], path: str) -> None:
+  """F6: log10 |channel mean| and log10 channel std of every weight layer vs depth.
+
+  One panel per arm (BN and no-BN side by side, shared y); points are the
+  mean over channels of the first seed, error bars the std over channels.
+  Layers are the conv outputs (before normalisation) and the logits last.
+  """
+  groups = _by_arm(members)
+  fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+  for ax, (arm, records) in zip(axes[0], groups.items()):
+    for key, label, color in (("log10_abs_mean", "|channel mean|", "C0"),
+                              ("log10_std", "channel std", "C3")):
+      rows = records[0][key]
+      layers = np.arange(1, len(rows) + 1)
+      ax.errorbar(layers, _nan([r["mean"] for r in rows]), yerr=_nan([r["std"] for r in rows]),
+                  fmt="o-", ms=3, capsize=2, color=color, label=label)
+    ax.set_title(arm)
+    ax.set_xlabel("layer (conv outputs in depth order, then logits)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel("log10 magnitude (mean ± std over channels)")
+  _save(fig, path, "Channel moments vs depth at initialisation (step 0, training batch 0)")
+
+
+def signal_propagation_figure(members: list[dict], path: str) -> None:
+  """Signal propagation plot (Brock et al. 2021) at every residual block, per arm, log y."""
+  groups = _by_arm(members)
+  fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+  names = (("mean_sq_N", "avg squared channel mean"), ("var_N", "avg channel variance"),
+           ("branch_var_N", "avg residual-branch variance"))
+  for ax, (arm, records) in zip(axes[0], groups.items()):
+    for i, (key, label) in enumerate(names):
+      for j, r in enumerate(records):
+        values = _nan(r["signal_propagation"][key])
+        ax.plot(np.arange(1, len(values) + 1), values, "o-", ms=3, color=f"C{i}",
+                alpha=1.0 if j == 0 else 0.4, label=label if j == 0 else None)
+    ax.set_yscale("log")
+    ax.set_title(arm)
+    ax.set_xlabel("residual block")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel("value (activation units squared)")
+  _save(fig, path, "Signal propagation at initialisation (step 0; one line per seed)")
+
+
+def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr: float,
+                            path: str) -> None:
+  """F5: per-channel means and log10 variances of chosen layers along θ + s·Δθ.
+
+  Rows: for each arm (its first seed), channel means then log10 channel
+  variances; columns: the chosen layers. Horizontal axis: channel; vertical: the fraction s of
+  the SGD step −lr·g applied. Non-finite values are left blank.
+  """
+  records = [group[0] for group in _by_arm(members, "update").values()]
+  layer_keys = sorted((k for k in records[0]["update"] if k.startswith("mean_")),
+                      key=lambda k: int(k.split("_")[1]))
+  fig, axes = plt.subplots(2 * len(records), len(layer_keys), squeeze=False,
+                           figsize=(4.2 * len(layer_keys), 3.0 * 2 * len(records)))
+  extent_s = (fractions[0], fractions[-1])
+  for a, record in enumerate(records):
+    for c, key in enumerate(layer_keys):
+      layer = key.split("_")[1]
+      means = np.asarray([_nan(row) for row in record["update"][key]])
+      variances = np.asarray([_nan(row) for row in record["update"][f"var_{layer}"]])
+      with np.errstate(all="ignore"):
+        log_var = np.log10(variances)
+      bound = np.nanmax(np.abs(means)) if np.isfinite(means).any() else 1.0
+      for row, values, cmap, lim, what in (
+          (2 * a, means, "RdBu_r", (-bound, bound), "channel mean"),
+          (2 * a + 1, log_var, "viridis", (None, None), "log10 channel variance")):
+        ax = axes[row][c]
+        im = ax.imshow(values, aspect="auto", origin="lower", cmap=cmap, vmin=lim[0], vmax=lim[1],
+                       extent=(-0.5, values.shape[1] - 0.5, *extent_s), interpolation="nearest")
+        fig.colorbar(im, ax=ax, label=what)
+        ax.set_title(f"{record['arm']}: layer {layer}", fontsize=9)
+        ax.set_xlabel("channel")
+        ax.set_ylabel("fraction of step applied")
+  _save(fig, path, f"Activations during the SGD step −{lr:g}·g at initialisation (step 0)")
+
+
+def output_gradient_figure(members: list[dict], path: str) -> None:
+  """F7: ∂L/∂logits per image (rows) and class (columns), BN and no-BN side by side."""
+  records = [r for r in members if r.get("output_grad") is not None]
+  fig, axes = plt.subplots(1, len(records), figsize=(4.5 * len(records), 6), squeeze=False)
+  for ax, r in zip(axes[0], records):
+    g = np.asarray([_nan(row) for row in r["output_grad"]])
+    bound = np.nanmax(np.abs(g))
+    im = ax.imshow(g, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="∂L/∂logit (batch-mean loss)")
+    ax.set_title(f"{r['arm']}\nsame top class {r['same_class_share']:.2f}, mean cosine"
+                 f" {r['mean_cosine']:.2f}\npredicted-class share {r['prediction_share']:.2f}",
+                 fontsize=9)
+    ax.set_xlabel("class")
+    ax.set_ylabel("image in batch")
+    ax.set_xticks(range(g.shape[1]))
+  _save(fig, path, "Output-layer gradient at initialisation (step 0, training batch 0)")
+
+
+def gradient_histogram_figure(members: list[dict], layer: int, path: str) -> None:
+  """F3: histogram of one conv layer's weight gradients per arm, and gradient norms vs depth.
+
+  Each histogram keeps its own horizontal range (the no-BN one is far
+  wider); the last panel puts every conv layer's gradient norm on a log axis.
+  """
+  groups = _by_arm(members)
+  fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4), squeeze=False)
+  for i, (ax, (arm, records)) in enumerate(zip(axes[0], groups.items())):
+    h = records[0]["layer_histogram"]
+    edges = _nan(h["edges"])
+    ax.stairs(h["counts"], edges, fill=True, color=f"C{i}", alpha=0.7)
+    ax.set_title(f"{arm}: layer {layer}, std {h['std']:.3g}", fontsize=10)
+    ax.set_xlabel("weight gradient ∂L/∂w")
+    ax.set_ylabel("count")
+  norm_ax = axes[0][-1]
+  for i, (arm, records) in enumerate(groups.items()):
+    for j, r in enumerate(records):
+      norms = _nan(r["conv_grad_norms"])
+      norm_ax.plot(np.arange(1, len(norms) + 1), norms, color=f"C{i}", alpha=1.0 if j == 0 else 0.4,
+                   label=arm if j == 0 else None)
+  norm_ax.axvline(layer, color="gray", ls=":", lw=1)
+  norm_ax.set_yscale("log")
+  norm_ax.set_xlabel("conv layer")
+  norm_ax.set_ylabel("‖∂L/∂W‖ (Frobenius)")
+  norm_ax.set_title("Gradient norm vs depth (one line per seed)", fontsize=10)
+  norm_ax.grid(alpha=0.3, which="both")
+  norm_ax.legend(fontsize=8)
+  _save(fig, path, "Weight gradients at initialisation (step 0, training batch 0)")
+
+
+def random_matrix_figure(results: dict, path: str) -> None:
+  """F8: singular values of products of k Gaussian matrices; the network Jacobian's.
+
+  Top row: one histogram per k (density). Bottom row: the Jacobian's
+  singular values of every arm, as they are and divided by the largest,
+  largest first on a log axis.
+  """
+  products = results["products"]
+  arms = _by_arm(results["jacobian"])
+  cols = max(len(products), 2)
+  fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7), squeeze=False)
+  for ax, (name, p) in zip(axes[0], products.items()):
+    s = _nan(p["singular_values"])
+    ax.hist(s, bins=60, density=True, color="C0")
+    ax.set_title(f"k = {name[1:]} Gaussian matrices (N={results['matrix_size']})", fontsize=10)
+    ax.set_xlabel("singular value")
+    ax.set_ylabel("density")
+  sorted_ax, spread_ax = axes[1][0], axes[1][1]
+  for i, (arm, records) in enumerate(arms.items()):
+    for j, r in enumerate(records):
+      s = _nan(r["singular_values"])
+      label = f"{arm} (log10 cond {r['log10_condition']:.2f})" if j == 0 else None
+      alpha = 1.0 if j == 0 else 0.4
+      sorted_ax.plot(np.arange(1, len(s) + 1), s, "o-", ms=2, color=f"C{i}", alpha=alpha, label=label)
+      spread_ax.plot(np.arange(1, len(s) + 1), s / np.nanmax(s), "o-", ms=2, color=f"C{i}",
+                     alpha=alpha, label=label)
+  for ax, what in ((sorted_ax, "singular value"), (spread_ax, "singular value / largest")):
+    ax.set_yscale("log")
+    ax.set_xlabel("index (largest first)")
+    ax.set_ylabel(what)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+  sorted_ax.set_title("Network Jacobian (logits w.r.t. images)", fontsize=10)
+  spread_ax.set_title("Network Jacobian, normalised by the largest", fontsize=10)
+  for ax in list(axes[0][len(products):]) + list(axes[1][2:]):
+    ax.axis("off")
+  _save(fig, path, "Singular values: random matrix products and the network's input-output"
+        f" Jacobian at initialisation (step 0, {results['jacobian_batch']} images)")

@@ -63,3 +63,14 @@ def init_variables(model: nn.Module, seed: int) -> dict[str, Any]:
   """A member's variables at initialisation ({params, batch_stats})."""
   variables = model.init(jax.random.key(seed), jnp.zeros((1, *data.IMAGE_SHAPE)), train=False)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def conv_kernels(params: Variables) -> list[tuple[str, jax.Array]]:
+  """[(module path, kernel)] of every convolution, in depth order (layers 1..L-1).
+
+  Works on parameters and on gradients alike (any pytree shaped like params).
+  """
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  found = [(path.rsplit("/", 2)[0], value) for path, value in flat.items()
+           if path.endswith("conv/kernel")]
+  return sorted(found, key=lambda item: _depth_key(item[0]))

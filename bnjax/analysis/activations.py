@@ -1,0 +1,141 @@
+"""Layer statistics: how activations grow with depth, with and without BN.
+
+Bjorck et al. (2018) explain why networks without BN diverge at large rates
+by the size of their activations: at initialisation the channel means and
+standard deviations grow with depth (their figure 6, "channel moments vs
+depth"), and a large SGD step makes them blow up layer after layer (figure
+5, "activations during a diverging update"). Brock, De & Smith (2021) sum up
+the same propagation at every residual block in "signal propagation plots".
+
+Every function here is a pure, jittable function of (model, variables,
+batch) returning a pytree of arrays; vmap it over stacked members to get a
+leading member axis. Layer names (which are strings, not arrays) come from
+`layer_paths`.
+
+"Layer k" counts weight layers as the paper does: the convolutions in depth
+order (k = 1 is the stem), then the classifier, so that ResNet-110's 109
+convolutions and one dense layer are layers 1..110.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bnjax import train
+from bnjax.analysis import common
+
+Stats = dict[str, jax.Array]
+
+
+def channel_moments(x: jax.Array) -> Stats:
+  """Per-channel mean and (biased) variance over all but the last axis.
+
+  For a conv activation x_BxHxWxC that is the batch and space; for logits
+  x_BxK the batch. Returns {"mean_C", "var_C", "rms"} where rms is the root
+  mean square over every entry (one number for the whole layer).
+  """
+  axes = tuple(range(x.ndim - 1))
+  x = x.astype(jnp.float32)
+  return {"mean_C": jnp.mean(x, axis=axes), "var_C": jnp.var(x, axis=axes),
+          "rms": jnp.sqrt(jnp.mean(jnp.square(x)))}
+
+
+def layer_statistics(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
+                     kinds: tuple[str, ...] = ("conv_out", "norm_out", "block_out"),
+                     train_mode: bool = True) -> dict[str, list[Stats]]:
+  """`channel_moments` of every recorded layer of each kind, in depth order.
+
+  conv_out is a convolution's output before normalisation, norm_out after it
+  (BN arms only; the list is empty without BN), block_out a residual block's
+  output. In train mode BN normalises with the batch's own statistics, as
+  during training.
+  """
+  return {kind: [channel_moments(x) for _, x in
+                 common.recorded_layers(model, variables, images_BxHxWxC, kind, train_mode)]
+          for kind in kinds}
+
+
+def layer_paths(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
+                kind: str) -> list[str]:
+  """Module paths of the recorded layers of `kind`, in depth order (no compute)."""
+  found = jax.eval_shape(
+      lambda v, x: common.recorded_layers(model, v, x, kind), variables, images_BxHxWxC)
+  return [path for path, _ in found]
+
+
+def numbered_layers(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
+                    train_mode: bool = True) -> list[jax.Array]:
+  """Outputs of weight layers 1..L: every conv_out in depth order, then the logits."""
+  record = lambda kind: [x for _, x in common.recorded_layers(
+      model, variables, images_BxHxWxC, kind, train_mode)]
+  return record("conv_out") + record("logits")
+
+
+def moments_vs_depth(model: nn.Module, variables: common.Variables,
+                     images_BxHxWxC: jax.Array) -> dict[str, list[jax.Array]]:
+  """F6, "channel moments vs depth": per-channel |mean| and std of layers 1..L.
+
+  Measured on each weight layer's output before normalisation, so that BN
+  and no-BN networks are compared at the same place. Returns lists (one
+  entry per layer, layer k at index k-1) of abs_mean_C and std_C.
+  """
+  stats = [channel_moments(x) for x in numbered_layers(model, variables, images_BxHxWxC)]
+  return {"abs_mean_C": [jnp.abs(s["mean_C"]) for s in stats],
+          "std_C": [jnp.sqrt(s["var_C"]) for s in stats]}
+
+
+def signal_propagation(model: nn.Module, variables: common.Variables,
+                       images_BxHxWxC: jax.Array) -> dict[str, jax.Array]:
+  """Brock, De & Smith (2021) signal propagation plot, one value per block.
+
+  At every residual block output: "mean_sq_N", the average over channels of
+  the squared channel mean; "var_N", the average channel variance; and
+  "branch_var_N", the average channel variance of the residual branch
+  (branch_out, before the skip is added). N is the number of blocks.
+  """
+  def summarise(kind: str) -> list[Stats]:
+    return [channel_moments(x) for _, x in
+            common.recorded_layers(model, variables, images_BxHxWxC, kind)]
+  blocks, branches = summarise("block_out"), summarise("branch_out")
+  return {"mean_sq_N": jnp.stack([jnp.mean(jnp.square(s["mean_C"])) for s in blocks]),
+          "var_N": jnp.stack([jnp.mean(s["var_C"]) for s in blocks]),
+          "branch_var_N": jnp.stack([jnp.mean(s["var_C"]) for s in branches])}
+
+
+def sgd_direction(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
+                  labels_B: jax.Array, lr: float | jax.Array) -> common.Variables:
+  """Δθ = −lr·g, the plain SGD step of the batch-mean loss (params only)."""
+  grads = jax.grad(lambda p: common.loss(
+      model, {**variables, "params": p}, images_BxHxWxC, labels_B))(variables["params"])
+  return jax.tree.map(lambda g: -lr * g, grads)
+
+
+def diverging_update_moments(model: nn.Module, variables: common.Variables,
+                             images_BxHxWxC: jax.Array, labels_B: jax.Array,
+                             lr: float | jax.Array, fractions_S: jax.Array,
+                             layers: tuple[int, ...]) -> dict[str, jax.Array]:
+  """F5, "activations during a diverging update": moments along θ + s·Δθ.
+
+  Δθ = −lr·g is the SGD step on this batch (`sgd_direction`); for each
+  fraction s in `fractions_S` (e.g. a grid from 0 to 1) the network with
+  parameters θ + s·Δθ is run on the same batch. For each weight layer k in
+  `layers` (numbered as in `numbered_layers`, 1-based) returns
+  "mean_k" and "var_k" of shape (S, C_k): per-channel mean and variance over
+  batch and space; plus "loss_S", the loss along the way. Fractions are
+  visited one at a time (`lax.map`) to keep memory at one forward pass.
+  """
+  step = sgd_direction(model, variables, images_BxHxWxC, labels_B, lr)
+
+  def at_fraction(s: jax.Array) -> dict[str, jax.Array]:
+    params = jax.tree.map(lambda p, d: p + s * d, variables["params"], step)
+    moved = {**variables, "params": params}
+    outputs = numbered_layers(model, moved, images_BxHxWxC)
+    result = {"loss": train.cross_entropy(outputs[-1], labels_B)}
+    for k in layers:
+      moments = channel_moments(outputs[k - 1])
+      result[f"mean_{k}"], result[f"var_{k}"] = moments["mean_C"], moments["var_C"]
+    return result
+
+  out = jax.lax.map(at_fraction, jnp.asarray(fractions_S, jnp.float32))
+  out["loss_S"] = out.pop("loss")
+  return out
