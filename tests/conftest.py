@@ -2,6 +2,17 @@
 
 import importlib.util
 import os
+import shutil
+import tempfile
+
+# Tests (and the runs they start as subprocesses, which inherit this) compile
+# the same tiny programs many times: share one persistent compilation cache.
+# Set before JAX is imported.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="bnjax-test-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import ml_collections
 import pytest
@@ -40,3 +51,10 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
 @pytest.fixture(scope="session")
 def tiny_dataset() -> data.Dataset:
   return data.synthetic(0, 512, 64)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_compilation_cache():
+  yield
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -30,15 +30,8 @@ def _command(workdir, *extra):
 
 
 def _env():
-  """The runs share a persistent compilation cache: only the first compiles."""
-  return {**os.environ, "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1",
-          "JAX_COMPILATION_CACHE_DIR": _COMPILATION_CACHE,
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
-_COMPILATION_CACHE = os.path.join(
-    os.environ.get("PYTEST_TMPDIR", "/tmp"), f"bnjax-test-xla-cache-{os.getpid()}")
+  """The runs inherit the session's compilation cache (see conftest.py)."""
+  return {**os.environ, "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
 
 
 def _run(workdir, *extra, timeout=300):
