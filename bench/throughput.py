@@ -221,7 +221,7 @@ def measure_torch(depth: int, members: int, dtype: str, s: Settings) -> dict[str
                                   s.torch_compile)
   memory, source = result.pop("peak_memory", None) or peak_memory()
   return {"depth": depth, "norm": s.norm, "members": members, "executor": "one after another",
-          "dtype": dtype, "batch": s.batch, "warmup_steps": s.warmup, "timed_steps": s.steps,
+          "dtype": dtype, "batch": s.batch, "timed_steps": s.steps,
           "peak_memory_bytes": memory, "peak_memory_source": source, **result}
 
 
