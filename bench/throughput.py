@@ -228,10 +228,10 @@ def measure_bnjax(dataset: data.Dataset, depth: int, members: int, executor: str
 
 
 def measure_torch(depth: int, members: int, dtype: str, s: Settings) -> dict[str, Any]:
-  """The PyTorch baseline record for (depth, M, dtype)."""
-  result = torch_baseline.measure(depth, s.norm, members, dtype, s.batch, s.warmup, s.steps,
-                                  s.torch_compile)
-  memory, source = result.pop("peak_memory", None) or peak_memory()
+  """The PyTorch baseline record for (depth, M, dtype), measured in its own process."""
+  result = torch_baseline.measure_in_subprocess(depth, s.norm, members, dtype, s.batch,
+                                                s.warmup, s.steps, s.torch_compile)
+  memory, source = result.pop("peak_memory")
   return {"depth": depth, "norm": s.norm, "members": members, "executor": "one after another",
           "dtype": dtype, "batch": s.batch, "timed_steps": s.steps,
           "peak_memory_bytes": memory, "peak_memory_source": source, **result}
@@ -248,6 +248,7 @@ def run(s: Settings) -> dict[str, Any]:
     if s.torch and not use_torch:
       print("torch is not installed (pip install -e .[bench]); skipping the PyTorch baseline.")
     dataset = data.synthetic(0, s.train_size, s.batch)
+    print(report.header(), flush=True)
     for depth in s.depths:
       for dtype in s.dtypes:
         for members in s.members:

@@ -8,9 +8,16 @@ baseline pays nothing for input: the comparison favours PyTorch.
 
 torch is an optional dependency (`pip install -e .[bench]`); `available()`
 says whether it can be imported, and nothing here is imported by bnjax.
+The benchmark runs `measure` in a process of its own
+(`measure_in_subprocess`), away from JAX's threads.
 """
 
 import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -130,3 +137,32 @@ def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
       "compile_time_s": max(first_s - (1 + warmup) * step_time, 0.0),
       "peak_memory": peak,
   }
+
+
+def measure_in_subprocess(depth: int, norm: str, num_members: int, dtype: str, batch: int,
+                          warmup: int, steps: int, use_compile: bool = True) -> dict[str, Any]:
+  """`measure` in a fresh Python process, and its record.
+
+  A process of its own keeps torch's threads from competing with the thread
+  pools of the JAX runtime that measured bnjax, and makes the reported peak
+  memory (max RSS on CPU) the baseline's alone.
+  """
+  args = json.dumps([depth, norm, num_members, dtype, batch, warmup, steps, use_compile])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, "-m", "bench.torch_baseline", args], cwd=root,
+                        capture_output=True, text=True, check=False)
+  if done.returncode != 0:
+    raise RuntimeError(f"The PyTorch baseline failed:\n{done.stderr[-2000:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _main(args_json: str) -> None:
+  result = measure(*json.loads(args_json))
+  if result["peak_memory"] is None:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["peak_memory"] = (rss if sys.platform == "darwin" else rss * 1024, "process max RSS")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  _main(sys.argv[1])
