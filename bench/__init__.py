@@ -1,0 +1,1 @@
+"""Throughput measurements of bnjax against a PyTorch baseline."""

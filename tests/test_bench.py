@@ -1,0 +1,58 @@
+"""The throughput benchmark runs end to end on tiny settings; the torch twin matches bnjax."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bench import throughput
+
+RECORD_FIELDS = {
+    "framework", "depth", "members", "executor", "resolved_executor", "dtype", "batch",
+    "step_time_s", "images_per_s", "images_per_s_per_member", "compile_time_s",
+    "peak_memory_bytes", "peak_memory_source", "input_time_s", "input_share"}
+
+
+def test_benchmark_writes_json(tmp_path):
+  out = tmp_path / "results.json"
+  throughput.main(["--depths=8", "--members=2", "--executors=sequential", "--batch=4",
+                   "--steps=2", "--warmup=0", "--train_size=64", "--torch=false",
+                   f"--out={out}"])
+  results = json.loads(out.read_text())
+  assert {"device_kind", "backend", "cpu_count"} <= set(results["device"])
+  (record,) = results["records"]
+  assert RECORD_FIELDS <= set(record)
+  assert record["members"] == 2 and record["calls_per_step"] == 2
+  assert record["images_per_s"] == pytest.approx(2 * record["images_per_s_per_member"])
+  assert record["step_time_s"] > 0 and record["peak_memory_bytes"] > 0
+  assert 0 < record["input_share"]
+
+
+def test_compile_only(tmp_path):
+  out = tmp_path / "compile.json"
+  throughput.main(["--compile_only", "--depths=8", "--members=1", "--batch=4",
+                   "--train_size=64", f"--out={out}"])
+  (record,) = json.loads(out.read_text())["records"]
+  assert record["mode"] == "compile_only" and record["compile_time_s"] > 0
+
+
+def test_bad_executor_is_one_sentence():
+  with pytest.raises(SystemExit, match="Unknown executor"):
+    throughput.parse_args(["--executors=threads"])
+
+
+def _num_params(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_torch_resnet_matches_bnjax_parameter_count(norm):
+  torch = pytest.importorskip("torch")
+  from bench import torch_resnet
+  model = throughput.make_model(20, norm, "float32")
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  expected = _num_params(variables["params"])
+  if norm == "batch":
+    assert expected == 269_722
+  assert torch_resnet.num_parameters(torch_resnet.CifarResNet(20, norm)) == expected
