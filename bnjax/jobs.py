@@ -13,6 +13,8 @@ from bnjax import errors
 
 JOBS: dict[str, str] = {
     "train": "bnjax.loop:train_sweep",
+    "divergence": "bnjax.analysis.jobs_optim:divergence",
+    "sgd_noise": "bnjax.analysis.jobs_optim:sgd_noise",
 }
 
 

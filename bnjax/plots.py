@@ -69,3 +69,93 @@ def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[s
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _norm_title(arm: dict[str, Any]) -> str:
+  name = "BN" if arm.get("norm") == "batch" else "no BN"
+  return f"{name}, ResNet-{arm.get('depth')}"
+
+
+def _as_float(values: Sequence[Any]) -> np.ndarray:
+  """JSON numbers with null as NaN (NaN leaves a gap in a line plot)."""
+  return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def divergence_figure(result: dict[str, Any], path: str) -> None:
+  """F4: relative loss L(θ − ηg)/L(θ) against η (log-log), BN and no BN side by side.
+
+  Top row: one line per measured minibatch, the divergence threshold dashed.
+  Bottom row: gradient predictiveness ‖∇L(θ − ηg) − g‖ (Santurkar et al.).
+  """
+  arms = result["arms"]
+  fig, axes = plt.subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
+  for col, arm in enumerate(arms):
+    top, bottom = axes[0, col], axes[1, col]
+    for m in arm["minibatches"]:
+      eta = _as_float(m["eta_E"])
+      label = f"minibatch {m['minibatch']} (max stable η {m['max_stable_eta']:.2g})"
+      top.plot(eta, _as_float(m["relative_loss_E"]), marker="o", ms=3, label=label)
+      bottom.plot(eta, _as_float(m["grad_change_E"]), marker="o", ms=3,
+                  label=f"minibatch {m['minibatch']} (β-smoothness {m['beta_smoothness']:.2g})")
+    top.axhline(result["threshold"], color="k", ls="--", lw=1, label="divergence threshold")
+    top.axhline(1.0, color="gray", lw=0.5)
+    top.set_title(f"{_norm_title(arm)}, lr {arm['lr']:g}")
+    top.set_ylabel("relative loss L(θ − ηg) / L(θ)")
+    bottom.set_ylabel("‖∇L(θ − ηg) − g‖")
+    for ax in (top, bottom):
+      ax.set_xscale("log")
+      ax.set_yscale("log")
+      ax.set_xlabel("step size η")
+      ax.grid(alpha=0.3, which="both")
+      ax.legend(fontsize=7)
+  steps = sorted({m["minibatch"] for arm in arms for m in arm["minibatches"]})
+  fig.suptitle("Divergence along the minibatch gradient (train-mode BN), before the update of"
+               f" minibatches {', '.join(map(str, steps))}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def sgd_noise_figure(result: dict[str, Any], path: str) -> None:
+  """F2: SGD noise against the learning rate α (log-log), BN and no BN side by side.
+
+  Top row: the bound α²C/|B|, its expectation without replacement, the
+  measured noise (fixed-statistics and train-mode gradients). Bottom row:
+  per-layer C of the conv and dense kernels in depth order, one line per rate.
+  """
+  arms = result["arms"]
+  fig, axes = plt.subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
+  for col, arm in enumerate(arms):
+    top, bottom = axes[0, col], axes[1, col]
+    alive = [m for m in arm["members"] if not m["diverged"]]
+    lr = np.asarray([m["lr"] for m in alive])
+    series = (("bound", "bound α²C/|B|", "k", "-"),
+              ("expected_without_replacement", "expected, without replacement", "gray", ":"),
+              ("measured", "measured (BN stats fixed)", "C0", "none"),
+              ("measured_train_mode", "measured (train-mode gradient)", "C3", "none"))
+    for key, label, color, ls in series:
+      top.plot(lr, _as_float([m[key] for m in alive]), color=color, ls=ls,
+               marker="o" if ls == "none" else None, label=label)
+    for m in arm["members"]:
+      if m["diverged"]:
+        top.axvline(m["lr"], color="r", lw=0.8, ls="--", label=f"lr {m['lr']:g} diverged")
+    top.set_xscale("log")
+    top.set_yscale("log")
+    top.set_xlabel("learning rate α")
+    top.set_ylabel("E‖α∇ℓ − α∇_SGD‖²")
+    top.set_title(f"{_norm_title(arm)}, |B|={result['batch_size']}, pool N={result['pool_size']}")
+    for m in alive:
+      kernels = [(k, v) for k, v in m["layer_C"].items() if k.endswith("kernel")]
+      bottom.plot(range(len(kernels)), _as_float([v for _, v in kernels]), marker=".",
+                  label=f"lr {m['lr']:g}  (B_simple {m['b_simple']:.3g},"
+                        f" two-batch {m['b_simple_two_batch_train_mode']:.3g})")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("kernel in depth order (stem … classifier)")
+    bottom.set_ylabel("per-layer C")
+    for ax in (top, bottom):
+      ax.grid(alpha=0.3, which="both")
+      ax.legend(fontsize=7)
+  fig.suptitle(f"SGD noise and its bound after {result['train_steps']} steps at each rate")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
