@@ -115,28 +115,29 @@ def divergence(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
 # ---------------------------------------------------------------- F2
 
 
-def _trained(config, dataset, model, lr: float, seed: int) -> train.State:
-  """The member after `analysis.train_steps` updates at constant rate `lr`."""
-  tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
-  step_fn = jax.jit(functools.partial(train.member_step, model, tx, constant_rate(config)))
-  state = _member_state(model, tx, seed, lr)
-  for step in range(config.analysis.train_steps):
-    images, labels = data.train_batch(dataset, config.train.data_seed, step,
-                                      config.train.batch_size, config.data.augmentation)
-    state, _ = step_fn(state, images, labels, jnp.asarray(step, jnp.int32))
-  return state
-
-
 class NoiseProgram:
-  """The jitted pieces of the noise measurement for one model."""
+  """The jitted pieces of training and measuring members of one model."""
 
-  def __init__(self, model):
+  def __init__(self, config: ml_collections.ConfigDict, model):
     self.model = model
+    self.tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
+    self.step = jax.jit(functools.partial(train.member_step, model, self.tx, constant_rate(config)))
     self.pool_stats = jax.jit(functools.partial(noise.pool_statistics, model))
     self.per_example = jax.jit(
         lambda v, x, y: noise.per_example_grads(noise.separable_loss(model, v), v["params"], x, y))
     self.statistics = jax.jit(noise.noise_statistics, static_argnums=1)
     self.train_noise = jax.jit(functools.partial(noise.train_mode_noise, model))
+
+
+def trained_member(config, program: NoiseProgram, dataset: data.Dataset, lr: float,
+                   seed: int) -> train.State:
+  """The member after `analysis.train_steps` updates at constant rate `lr`."""
+  state = _member_state(program.model, program.tx, seed, lr)
+  for step in range(config.analysis.train_steps):
+    images, labels = data.train_batch(dataset, config.train.data_seed, step,
+                                      config.train.batch_size, config.data.augmentation)
+    state, _ = program.step(state, images, labels, jnp.asarray(step, jnp.int32))
+  return state
 
 
 def noise_member(config, program: NoiseProgram, state: train.State, pool: tuple,
@@ -153,11 +154,14 @@ def noise_member(config, program: NoiseProgram, state: train.State, pool: tuple,
   stats = program.statistics(grads, tuple(noise.leaf_sizes(params)))
   key_without, key_small, key_big = jax.random.split(jax.random.key(a.seed), 3)
   idx_without = noise.sample_without_replacement(key_without, size, batch, a.num_batches)
-  idx_small = jax.random.randint(key_small, (a.num_batches, batch), 0, size)
-  idx_big = jax.random.randint(key_big, (a.num_batches, a.big_batch), 0, size)
+  idx_with = jax.random.randint(key_small, (a.num_batches, batch), 0, size)
+  # Train-mode gradients cost one backward pass each: fewer batches.
+  k = a.num_train_batches
+  idx_small = idx_with[:k]
+  idx_big = jax.random.randint(key_big, (k, a.big_batch), 0, size)
   train_noise = lambda idx: np.asarray([program.train_noise(variables, images[i], labels[i],
                                                             stats["mean_grad_P"]) for i in idx])
-  trained_without = train_noise(idx_without)
+  trained_without = train_noise(idx_without[:k])
   small_sq, big_sq = train_noise(idx_small)[:, 1].mean(), train_noise(idx_big)[:, 1].mean()
   c = stats["C"]
   return {
@@ -165,13 +169,21 @@ def noise_member(config, program: NoiseProgram, state: train.State, pool: tuple,
       "bound": noise.sgd_noise_bound(lr, c, batch),
       "expected_without_replacement": noise.expected_noise_without_replacement(lr, c, batch, size),
       "measured": lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_without).mean(),
-      "measured_with_replacement": lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_small).mean(),
+      "measured_with_replacement": lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_with).mean(),
       "measured_train_mode": lr**2 * trained_without[:, 0].mean(),
       "b_simple": stats["b_simple"],
       "b_simple_two_batch_train_mode": noise.two_batch_noise_scale(
           small_sq, big_sq, batch, a.big_batch)["b_simple"],
-      "layer_C": dict(zip(noise.leaf_names(params), np.asarray(stats["C_L"]).tolist())),
+      "layer_C": _depth_ordered(noise.leaf_names(params), np.asarray(stats["C_L"]).tolist()),
   }
+
+
+def _depth_ordered(names: list[str], values: list[float]) -> dict[str, float]:
+  """{leaf path: value} in depth order (stem first, classifier last)."""
+  def key(item):
+    module = item[0].rsplit("/", 2)[0]
+    return (module.startswith("classifier"), common._depth_key(module))  # pylint: disable=protected-access
+  return dict(sorted(zip(names, values), key=key))
 
 
 def sgd_noise(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -183,9 +195,9 @@ def sgd_noise(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   seed = int(config.sweep.seeds[0])
   arms = []
   for arm, model in common.arm_models(config):
-    program, members = NoiseProgram(model), []
+    program, members = NoiseProgram(config, model), []
     for lr in config.sweep.lrs:
-      state = _trained(config, dataset, model, float(lr), seed)
+      state = trained_member(config, program, dataset, float(lr), seed)
       record = {"lr": float(lr), "diverged": bool(state["diverged"])}
       if not record["diverged"]:
         record.update(jax.device_get(noise_member(config, program, state, pool, float(lr))))

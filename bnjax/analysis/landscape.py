@@ -143,6 +143,12 @@ def along_gradient_host(model: nn.Module, variables: common.Variables,
   return summarize(loss, jnp.sqrt(_sq_norm(g)), eta_E, loss_E, change_E, threshold)
 
 
+def first_order_relative_loss(loss: jax.Array, grad_norm: jax.Array,
+                              eta_E: jax.Array) -> jax.Array:
+  """1 − η‖g‖²/L: the relative loss a linear model of L predicts for small η."""
+  return 1.0 - eta_E * grad_norm**2 / loss
+
+
 _jit_grad = jax.jit(lambda model, v, x, y: _loss_and_grad(model, v, x, y, v["params"]),
                     static_argnums=0)
 _jit_point = jax.jit(line_point, static_argnums=0)
