@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
       # A member is frozen as diverged once its loss or parameters are not
       # finite, or its loss exceeds max_loss.
       max_loss=math.inf, data_seed=0, compute_dtype="float32"))
+  # Orbax checkpoints under DIR/checkpoints: every `every` steps, the latest
+  # `keep` kept, plus always the first, the last and `keep_steps`.
+  c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, keep_steps=()))
   # How members share the device; see bnjax/executor.py.
   c.executor = "auto"
   c.chunk_size = 4
@@ -103,6 +106,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.executor in executor_lib.EXECUTORS,
          f"Unknown executor {config.executor!r}; use one of {list(executor_lib.EXECUTORS)}.")
   _check(config.chunk_size >= 1, f"config.chunk_size must be >= 1, got {config.chunk_size}.")
+  _check(config.checkpoint.every > 0 and config.checkpoint.keep > 0,
+         "config.checkpoint.every and config.checkpoint.keep must be positive.")
+  _check(all(0 <= s <= train.num_steps for s in config.checkpoint.keep_steps),
+         "config.checkpoint.keep_steps must lie between 0 and config.train.num_steps.")
   _check(config.data.name in ("cifar10", "synthetic"),
          f"Unknown dataset {config.data.name!r}; use 'cifar10' or 'synthetic'.")
   if config.data.name == "synthetic":

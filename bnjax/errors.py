@@ -11,3 +11,7 @@ class ConfigError(BnjaxError):
 
 class WorkdirError(BnjaxError):
   """The workdir cannot be used for this run."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was saved and the run stopped cleanly."""

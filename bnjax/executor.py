@@ -91,3 +91,18 @@ class ArmExecutor:
   def states(self) -> train.State:
     """The arm's state stacked over all members."""
     return merge(self.chunks)
+
+  def divergence(self) -> tuple[np.ndarray, np.ndarray]:
+    """(diverged (M,) bool, diverged_step (M,) int) fetched to the host."""
+    flags = jax.device_get([(c["diverged"], c["diverged_step"]) for c in self.chunks])
+    return (np.concatenate([f[0] for f in flags]), np.concatenate([f[1] for f in flags]))
+
+  @property
+  def metric_sums(self) -> train.Metrics:
+    """The train-metric sums since the last `take_metric_means`, (M,) each."""
+    return merge(self.sums)
+
+  def load(self, states: train.State, sums: train.Metrics) -> None:
+    """Replaces the members' states and metric sums (e.g. from a checkpoint)."""
+    size = jax.tree.leaves(self.chunks[0])[0].shape[0]
+    self.chunks, self.sums = split(states, size), split(sums, size)

@@ -1,13 +1,11 @@
 """What `python -m bnjax.main` runs for a config: `config.job` names it.
 
-Each job is a function (config, workdir) -> None, named here as
-"module:function" so that importing this registry imports no job.
+Each job is a function (config, workdir), named here as "module:function"
+so that importing this registry imports no job.
 """
 
 import importlib
 from collections.abc import Callable
-
-import ml_collections
 
 from bnjax import errors
 
@@ -18,7 +16,7 @@ JOBS: dict[str, str] = {
 }
 
 
-def resolve(name: str) -> Callable[[ml_collections.ConfigDict, str], object]:
+def resolve(name: str) -> Callable[..., object]:
   """The job function registered as `name`."""
   if name not in JOBS:
     raise errors.ConfigError(f"Unknown job {name!r} (config.job); use one of {sorted(JOBS)}.")

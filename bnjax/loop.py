@@ -6,16 +6,16 @@ steps; it fetches metrics every `log_every` steps and evaluates every
 """
 
 import dataclasses
+import signal
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from bnjax import data, executor as executor_lib, plots, sweep, train, workdir as workdir_lib
-from bnjax.models import make_model
+from bnjax import checkpoint, data, errors, plots, sweep, train
+from bnjax import executor as executor_lib, workdir as workdir_lib
 
 
 @dataclasses.dataclass
@@ -28,8 +28,7 @@ class ArmRun:
 
 def build_arm(arm: sweep.Arm, config: ml_collections.ConfigDict) -> ArmRun:
   """Initialises an arm's members; compiles nothing yet (jit is lazy)."""
-  model = make_model(arm.model_config, num_classes=data.NUM_CLASSES,
-                     dtype=config.train.compute_dtype)
+  model = sweep.build_model(arm, config)
   tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
   size = executor_lib.chunk_size(config.executor, len(arm.members), config.chunk_size)
   return ArmRun(arm, executor_lib.ArmExecutor.create(
@@ -40,8 +39,7 @@ def build_arm(arm: sweep.Arm, config: ml_collections.ConfigDict) -> ArmRun:
 
 
 def _member_status(run: ArmRun) -> list[tuple[bool, int]]:
-  states = run.executor.states
-  diverged, steps = jax.device_get((states["diverged"], states["diverged_step"]))
+  diverged, steps = run.executor.divergence()
   return [(bool(d), int(s)) for d, s in zip(diverged, steps)]
 
 
@@ -76,17 +74,54 @@ def _metric_records(run: ArmRun, step: int, interval_start: int, fields: tuple[s
   return records
 
 
+class _SigtermFlag:
+  """Notes SIGTERM (how clusters announce preemption) instead of dying on it."""
+
+  def __enter__(self) -> "_SigtermFlag":
+    self.raised = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _payload(runs: list[ArmRun]) -> list[dict]:
+  return [{"states": r.executor.states, "sums": r.executor.metric_sums} for r in runs]
+
+
+def _resume(runs: list[ArmRun], manager, workdir: str) -> tuple[int, int] | None:
+  """Restores the latest complete checkpoint into `runs`: (step, last_log_step)."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  arms, progress = checkpoint.restore(manager, step, _payload(runs))
+  for run, arm in zip(runs, arms):
+    run.executor.load(arm["states"], arm["sums"])
+  logging.info("Resuming %s from the checkpoint at step %d.", workdir, step)
+  return progress["step"], progress["last_log_step"]
+
+
 def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs the whole sweep into `workdir`; returns the final members table."""
+  """Runs the whole sweep into `workdir`, resuming from its latest checkpoint.
+
+  Returns the final members table. Raises `Preempted` after saving when
+  SIGTERM arrives.
+  """
   dataset = data.load(config.data)  # fails fast, before the workdir is touched
   workdir_lib.prepare(workdir, config)
   fields = sweep.arm_fields(config)
   runs = [build_arm(arm, config) for arm in sweep.make_arms(config)]
   num_members = sum(len(r.arm.members) for r in runs)
-  workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
-  writer = workdir_lib.MetricsWriter(workdir)
   num_steps = config.train.num_steps
-  logging.info("Training %d members in %d arm(s) for %d steps.", num_members, len(runs), num_steps)
+  manager = checkpoint.make_manager(workdir, config)
+  resumed = _resume(runs, manager, workdir)
+  start, last_log_step = resumed or (0, 0)
+  writer = workdir_lib.MetricsWriter(workdir, keep_through_step=start if resumed else None)
 
   def log(step: int, interval_start: int, fetched: dict[int, dict]) -> None:
     factor = float(train.lr_factor(max(step - 1, 0), config.train))
@@ -95,22 +130,41 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       writer.write(_metric_records(run, step, interval_start, fields, factor,
                                    fetched.get(run.arm.index), test))
 
-  log(0, 0, {})
-  last_log_step, last_log_time = 0, time.perf_counter()
-  for step in range(num_steps):
-    step_array = jnp.asarray(step, jnp.int32)
-    for run in runs:
-      run.executor.step(dataset, step_array)
-    done = step + 1
-    if done % config.log_every == 0 or done == num_steps or _is_eval(done, config):
-      fetched = {run.arm.index: run.executor.take_metric_means(done - last_log_step)
-                 for run in runs}
-      log(done, last_log_step, fetched)
-      now = time.perf_counter()
-      _log_progress(done, num_steps, done - last_log_step, now - last_log_time,
-                    config.train.batch_size * num_members)
-      last_log_step, last_log_time = done, now
-      workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
+  def save(step: int) -> None:
+    checkpoint.save(manager, step, _payload(runs), {"step": step, "last_log_step": last_log_step})
+
+  workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
+  if not resumed:
+    log(0, 0, {})
+    save(0)
+  logging.info("Training %d members in %d arm(s), steps %d to %d.",
+               num_members, len(runs), start, num_steps)
+  last_log_time = time.perf_counter()
+  with _SigtermFlag() as sigterm:
+    for step in range(start, num_steps):
+      step_array = jnp.asarray(step, jnp.int32)
+      for run in runs:
+        run.executor.step(dataset, step_array)
+      done = step + 1
+      if done % config.log_every == 0 or done == num_steps or _is_eval(done, config):
+        fetched = {run.arm.index: run.executor.take_metric_means(done - last_log_step)
+                   for run in runs}
+        log(done, last_log_step, fetched)
+        now = time.perf_counter()
+        _log_progress(done, num_steps, done - last_log_step, now - last_log_time,
+                      config.train.batch_size * num_members)
+        last_log_step, last_log_time = done, now
+        workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
+      if sigterm.raised or checkpoint.is_save_step(done, config):
+        save(done)
+      if sigterm.raised and done < num_steps:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+        raise errors.Preempted(f"SIGTERM at step {done}: saved a checkpoint in {workdir}; rerun the"
+                        " same command to resume.")
+  manager.wait_until_finished()
+  manager.close()
   writer.close()
   table = members_table(runs, fields, finished=True)
   workdir_lib.write_members(workdir, table)

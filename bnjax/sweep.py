@@ -7,11 +7,13 @@ and so one compiled step; their state is stacked along a leading axis M.
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bnjax import config as config_lib
+from bnjax import config as config_lib, data
+from bnjax.models import make_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,12 @@ def make_arms(config: ml_collections.ConfigDict) -> list[Arm]:
         index += 1
     arms.append(Arm(a, model_config, tuple(members)))
   return arms
+
+
+def build_model(arm: Arm, config: ml_collections.ConfigDict) -> nn.Module:
+  """The Flax model of an arm, in the config's compute dtype."""
+  return make_model(arm.model_config, num_classes=data.NUM_CLASSES,
+                    dtype=config.train.compute_dtype)
 
 
 def select(stacked: Any, positions: int | list[int]) -> Any:

@@ -68,8 +68,13 @@ def init_member(model: nn.Module, tx: optax.GradientTransformation, seed: int | 
 def init_arm(model: nn.Module, tx: optax.GradientTransformation, seeds: tuple[int, ...],
              lrs_M: jax.Array) -> State:
   """Stacked initial states of an arm's members: vmap(init) over (seed, lr)."""
-  init = jax.jit(jax.vmap(lambda s, lr: init_member(model, tx, s, lr)))
-  return init(jnp.asarray(seeds, jnp.uint32), lrs_M)
+  return _compiled_init(model, tx)(jnp.asarray(seeds, jnp.uint32), lrs_M)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
+  """One jitted vmap(init_member) per (model, optimizer), reused across calls."""
+  return jax.jit(jax.vmap(lambda seed, lr: init_member(model, tx, seed, lr)))
 
 
 def cross_entropy(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:

@@ -11,6 +11,7 @@
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable
 from typing import Any
 
@@ -48,27 +49,57 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "")
   return names
 
 
+def _changed_fields(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+  """Fields in which the run in `workdir` differs from `config` ([] if none or no run)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise errors.WorkdirError(
+        f"{path} cannot be read ({e}); use a new --workdir or pass --overwrite.") from None
+  return differing_fields(old, config_dict(config))
+
+
 def prepare(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Creates `workdir` and writes config.json, refusing another run's workdir.
 
   A workdir whose config.json differs from `config` is left untouched.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  new = config_dict(config)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      raise errors.WorkdirError(
-          f"{path} cannot be read ({e}); use a new --workdir.") from None
-    changed = differing_fields(old, new)
-    if changed:
-      raise errors.WorkdirError(
-          f"{workdir} holds a run with a different config (fields differ:"
-          f" {', '.join(changed)}); use a new --workdir or rerun with the same config.")
+  changed = _changed_fields(workdir, config)
+  if changed:
+    raise errors.WorkdirError(
+        f"{workdir} holds a run with a different config (fields differ:"
+        f" {', '.join(changed)}); use a new --workdir, or pass --overwrite to delete that run.")
   os.makedirs(os.path.join(workdir, FIGURES_DIR), exist_ok=True)
-  _write_json(path, new)
+  _write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))
+
+
+def discard_other_run(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Deletes the outputs of a run in `workdir` whose config differs; True if it did.
+
+  Only what bnjax writes is deleted; a run with the same config is kept
+  (it resumes).
+  """
+  try:
+    changed = _changed_fields(workdir, config)
+  except errors.WorkdirError:
+    changed = ["config.json"]
+  if changed:
+    _delete_run(workdir)
+  return bool(changed)
+
+
+def _delete_run(workdir: str) -> None:
+  """Deletes a run's outputs (only the files and folders bnjax writes)."""
+  for name in (CONFIG_FILE, MEMBERS_FILE, METRICS_FILE):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      os.remove(path)
+  for name in ("checkpoints", FIGURES_DIR, "analysis"):
+    shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -90,10 +121,25 @@ def read_members(workdir: str) -> list[dict[str, Any]]:
 
 
 class MetricsWriter:
-  """Appends metric records, one JSON object per line, flushed per write."""
+  """Appends metric records, one JSON object per line, flushed per write.
 
-  def __init__(self, workdir: str, truncate: bool = True):
-    self._file = open(os.path.join(workdir, METRICS_FILE), "w" if truncate else "a")
+  A fresh run starts an empty file. A resumed run keeps the lines up to and
+  including `keep_through_step` (the step it resumes from) and drops later
+  ones, which a killed run wrote after its last checkpoint: the resumed file
+  then equals that of an uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, keep_through_step: int | None = None):
+    path = os.path.join(workdir, METRICS_FILE)
+    kept = []
+    if keep_through_step is not None and os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f if line.strip() and _complete_line_step(line) is not None
+                and _complete_line_step(line) <= keep_through_step]
+    with open(f"{path}.tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(f"{path}.tmp", path)
+    self._file = open(path, "a")
 
   def write(self, records: Iterable[dict[str, Any]]) -> None:
     for record in records:
@@ -103,6 +149,14 @@ class MetricsWriter:
 
   def close(self) -> None:
     self._file.close()
+
+
+def _complete_line_step(line: str) -> int | None:
+  """The step of a metrics line, or None for a line cut short by a kill."""
+  try:
+    return json.loads(line)["step"]
+  except (json.JSONDecodeError, KeyError):
+    return None
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -1,7 +1,11 @@
 """The sweep step: vmapped == one by one, divergence isolation, schedule, learning."""
 
+import functools
+import json
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -11,42 +15,57 @@ from bnjax.models import make_model
 from conftest import tiny_config
 
 
-def _run(config, dataset, norm: str, lrs: list[float], seeds: list[int], chunk: int, steps: int):
-  """Trains members of one arm for `steps` steps; returns the stacked state."""
+@functools.cache
+def _compiled(config_json: str, norm: str):
+  """(model, tx, step_fn, eval_fn) of an arm, built once per config and norm."""
+  config = ml_collections.ConfigDict(json.loads(config_json))
   model = make_model({**config.model.to_dict(), "norm": norm})
   tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
   step_fn = train.make_arm_step(model, tx, config.train.to_dict(), config.data.augmentation)
-  eval_fn = train.make_arm_eval(model, config.eval_batch_size)
+  return model, tx, step_fn, train.make_arm_eval(model, config.eval_batch_size)
+
+
+def _trajectory(config, dataset, norm: str, lrs: list[float], seeds: list[int], chunk: int,
+                steps: int) -> list:
+  """Trains members of one arm; the stacked state (numpy) after each step."""
+  model, tx, step_fn, eval_fn = _compiled(config.to_json(), norm)
   states = train.init_arm(model, tx, tuple(seeds), jnp.asarray(lrs, jnp.float32))
   arm = executor.ArmExecutor.create(step_fn, eval_fn, states, chunk)
+  snapshots = [jax.device_get(arm.states)]
   for t in range(steps):
     arm.step(dataset, jnp.asarray(t, jnp.int32))
-  return arm.states
+    snapshots.append(jax.device_get(arm.states))  # a copy: the step donates its inputs
+  return snapshots
+
+
+def _run(config, dataset, norm: str, lrs: list[float], seeds: list[int], chunk: int, steps: int):
+  """Trains members of one arm for `steps` steps; returns the stacked state."""
+  return _trajectory(config, dataset, norm, lrs, seeds, chunk, steps)[-1]
 
 
 def _assert_close(a, b, rel: float) -> None:
   """Global relative difference of two pytrees is below `rel`."""
-  diff = optax_norm(jax.tree.map(jnp.subtract, a, b))
-  assert float(diff) <= rel * float(optax_norm(b)), (float(diff), float(optax_norm(b)))
+  diff = tree_norm(jax.tree.map(jnp.subtract, a, b))
+  assert float(diff) <= rel * float(tree_norm(b)), (float(diff), float(tree_norm(b)))
 
 
-def optax_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+def tree_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x, jnp.float32)))
+                      for x in jax.tree.leaves(tree)))
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_vmapped_sweep_equals_members_run_one_by_one(norm, tiny_dataset):
   config = tiny_config(num_steps=100)
   lrs, seeds = [0.01, 0.05, 0.1], [0, 1, 2]
+  together = _trajectory(config, tiny_dataset, norm, lrs, seeds, chunk=3, steps=3)
+  alone = [_trajectory(config, tiny_dataset, norm, [lr], [seed], chunk=1, steps=3)
+           for lr, seed in zip(lrs, seeds)]
   for steps, rel in ((1, 1e-6), (3, 1e-4)):  # later steps: rare ReLU flips amplify rounding
-    together = _run(config, tiny_dataset, norm, lrs, seeds, chunk=3, steps=steps)
-    for i, (lr, seed) in enumerate(zip(lrs, seeds)):
-      alone = _run(config, tiny_dataset, norm, [lr], [seed], chunk=1, steps=steps)
-      _assert_close(jax.tree.map(lambda x: x[i], together["params"]),
-                    jax.tree.map(lambda x: x[0], alone["params"]), rel)
-      if norm == "batch":
-        _assert_close(jax.tree.map(lambda x: x[i], together["batch_stats"]),
-                      jax.tree.map(lambda x: x[0], alone["batch_stats"]), rel)
+    for i in range(len(lrs)):
+      for part in ("params", "batch_stats"):
+        _assert_close(jax.tree.map(lambda x: x[i], together[steps][part]),
+                      jax.tree.map(lambda x: x[0], alone[i][steps][part]), rel)
 
 
 def test_sequential_and_chunked_executors_agree_with_vmap(tiny_dataset):
@@ -114,3 +133,35 @@ def test_synthetic_data_is_learnable():
   model = make_model(config.model.to_dict())
   metrics = train.make_arm_eval(model, 256)(states, dataset)
   assert float(metrics["test_accuracy"][0]) > 0.5  # chance is 0.1
+
+
+def test_the_step_compiles_once_for_all_steps_and_rates(tiny_dataset):
+  config = tiny_config(num_steps=100)
+  model, tx, step_fn, eval_fn = _compiled(config.to_json(), "none")
+  states = train.init_arm(model, tx, (0, 1), jnp.asarray([0.01, 0.2], jnp.float32))
+  arm = executor.ArmExecutor.create(step_fn, eval_fn, states, 2)
+  for t in range(3):
+    arm.step(tiny_dataset, jnp.asarray(t, jnp.int32))
+  other_rates = train.init_arm(model, tx, (2, 3), jnp.asarray([0.5, 1e-4], jnp.float32))
+  arm.load(other_rates, train.zero_metrics(2))
+  arm.step(tiny_dataset, jnp.asarray(3, jnp.int32))
+  assert step_fn._cache_size() == 1
+
+
+def test_bfloat16_compute_follows_float32(tiny_dataset):
+  """bf16 activations, float32 parameters, optimizer state and BN statistics."""
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_config(num_steps=100, compute_dtype=dtype)
+    config.model.norm = "batch"
+    model = make_model(config.model.to_dict(), dtype=dtype)
+    tx = train.make_optimizer(0.9, 1e-4)
+    step_fn = train.make_arm_step(model, tx, config.train.to_dict(), True)
+    states = train.init_arm(model, tx, (0,), jnp.asarray([0.05], jnp.float32))
+    sums = train.zero_metrics(1)
+    for t in range(40):
+      states, sums = step_fn(states, sums, tiny_dataset, jnp.asarray(t, jnp.int32))
+    assert {x.dtype for x in jax.tree.leaves((states["params"], states["batch_stats"],
+                                              states["opt_state"]))} <= {np.dtype("float32"), np.dtype("int32")}
+    losses[dtype] = float(sums["train_loss"][0]) / 40
+  assert abs(losses["bfloat16"] - losses["float32"]) < 0.05 * losses["float32"], losses

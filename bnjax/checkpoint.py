@@ -1,0 +1,190 @@
+"""Orbax checkpoints of a sweep: saved while training, for resuming and for analysis.
+
+    DIR/checkpoints/<step>/arms       per arm: stacked member states and the
+                                      metric sums since the last log line
+    DIR/checkpoints/<step>/progress   JSON: step, last_log_step
+
+A checkpoint holds everything needed to continue exactly: member states
+(params, BN statistics, optimizer state, base rate, diverged flag and step),
+and the data-stream position, which is the step itself because batch t is a
+pure function of (data seed, t).
+
+In an analysis script or notebook:
+
+    run = bnjax.checkpoint.load("runs/smoke")          # latest step
+    member = run.member_index(norm="batch", lr=0.3, seed=0)
+    model, variables = run.model(member), run.variables(member)
+    logits = model.apply(variables, images)
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from bnjax import errors, sweep, train, workdir as workdir_lib
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def kept_steps(config: ml_collections.ConfigDict) -> list[int]:
+  """Steps never deleted: the first, the last, and `checkpoint.keep_steps`."""
+  return sorted({0, config.train.num_steps, *config.checkpoint.keep_steps})
+
+
+def is_save_step(step: int, config: ml_collections.ConfigDict) -> bool:
+  return step % config.checkpoint.every == 0 or step in kept_steps(config)
+
+
+def make_manager(workdir: str, config: ml_collections.ConfigDict,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """The run's CheckpointManager: asynchronous saves, the latest `keep` kept."""
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(config.checkpoint.keep),
+      checkpoint_managers.CustomSteps(kept_steps(config)),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, enable_async_checkpointing=True,
+      read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(_directory(workdir), options=options,
+                               item_names=("arms", "progress"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, arms: list[dict[str, Any]],
+         progress: dict[str, int]) -> None:
+  """Starts an asynchronous save of `arms` (a pytree) and `progress` at `step`."""
+  manager.save(step, args=ocp.args.Composite(
+      arms=ocp.args.StandardSave(arms), progress=ocp.args.JsonSave(progress)), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str, Any]]
+            ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+  """Restores (arms, progress) at `step` onto this host's default device.
+
+  `like_arms` gives the structure, shapes and dtypes (arrays or
+  ShapeDtypeStructs); the run may have been saved on other devices.
+  """
+  abstract = jax.tree.map(_abstract_on_default_device, like_arms)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        arms=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+  except Exception as e:  # Orbax raises many types for damaged files
+    path = os.path.join(str(manager.directory), str(step))
+    raise errors.WorkdirError(
+        f"The checkpoint {path} cannot be read ({type(e).__name__}); delete that"
+        " directory to fall back to the previous checkpoint, or use a new --workdir.") from None
+  return restored["arms"], dict(restored["progress"])
+
+
+def _abstract_on_default_device(x: Any) -> jax.ShapeDtypeStruct:
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+
+
+# ---------------------------------------------------------------- analysis
+
+
+@dataclasses.dataclass
+class Run:
+  """A sweep restored at one step, ready for analysis.
+
+  Attributes:
+    config: the run's resolved config.
+    members: members.json records (member, lr, seed, arm fields, status, ...).
+    step: the restored step (number of completed updates).
+    arms: the sweep's arms; `states[a]` stacks the members of `arms[a]`.
+    states: per arm, the stacked member states (params, batch_stats,
+      opt_state, base_lr, diverged, diverged_step), leading axis M.
+  """
+
+  config: ml_collections.ConfigDict
+  members: list[dict[str, Any]]
+  step: int
+  arms: list[sweep.Arm]
+  states: list[train.State]
+
+  def _locate(self, member: int) -> tuple[int, int]:
+    for a, arm in enumerate(self.arms):
+      for position, m in enumerate(arm.members):
+        if m.index == member:
+          return a, position
+    raise KeyError(f"No member {member}; this run has members 0..{len(self.members) - 1}.")
+
+  def member_index(self, **fields: Any) -> int:
+    """The index of the one member whose record matches `fields` (e.g. norm, lr, seed)."""
+    matches = [m["member"] for m in self.members
+               if all(m.get(k) == v for k, v in fields.items())]
+    if len(matches) != 1:
+      raise KeyError(f"{len(matches)} members match {fields}; name fields that pick exactly one.")
+    return matches[0]
+
+  def member_state(self, member: int) -> train.State:
+    """One member's full state, without the member axis."""
+    a, position = self._locate(member)
+    return sweep.select(self.states[a], position)
+
+  def variables(self, member: int) -> dict[str, Any]:
+    """One member's {params, batch_stats}, for `model.apply`."""
+    state = self.member_state(member)
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+  def model(self, member: int) -> nn.Module:
+    """The Flax model of the member's arm."""
+    a, _ = self._locate(member)
+    return sweep.build_model(self.arms[a], self.config)
+
+
+def available_steps(workdir: str) -> list[int]:
+  """Steps with a complete checkpoint in `workdir`, oldest first."""
+  if not os.path.isdir(_directory(workdir)):
+    return []
+  config = read_config(workdir)
+  with make_manager(workdir, config, read_only=True) as manager:
+    return sorted(manager.all_steps())
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config saved with a run."""
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, json.JSONDecodeError) as e:
+    raise errors.WorkdirError(
+        f"{path} cannot be read ({e}); point at the workdir of a bnjax run.") from None
+
+
+def abstract_arms(arms: list[sweep.Arm], config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Shapes and dtypes of every arm's checkpointed payload, computing nothing."""
+  tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
+  def payload(arm: sweep.Arm) -> dict[str, Any]:
+    model = sweep.build_model(arm, config)
+    return {"states": train.init_arm(model, tx, arm.seeds, arm.lrs),
+            "sums": train.zero_metrics(len(arm.members))}
+  return [jax.eval_shape(lambda a=arm: payload(a)) for arm in arms]
+
+
+def load(workdir: str, step: int | None = None) -> Run:
+  """Restores a sweep at `step` (default: the latest) onto this host's devices."""
+  config = read_config(workdir)
+  steps = available_steps(workdir)
+  if not steps:
+    raise errors.WorkdirError(f"{workdir} has no complete checkpoint; train it first.")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise errors.WorkdirError(f"{workdir} has no checkpoint at step {step}; it has {steps}.")
+  arms = sweep.make_arms(config)
+  with make_manager(workdir, config, read_only=True) as manager:
+    payload, _ = restore(manager, step, abstract_arms(arms, config))
+  return Run(config=config, members=workdir_lib.read_members(workdir), step=step,
+             arms=arms, states=[p["states"] for p in payload])
