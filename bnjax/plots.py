@@ -93,13 +93,14 @@ def divergence_figure(result: dict[str, Any], path: str) -> None:
     top, bottom = axes[0, col], axes[1, col]
     for m in arm["minibatches"]:
       eta = _as_float(m["eta_E"])
-      label = f"minibatch {m['minibatch']} (max stable η {m['max_stable_eta']:.2g})"
-      top.plot(eta, _as_float(m["relative_loss_E"]), marker="o", ms=3, label=label)
+      name = m.get("label", f"minibatch {m['minibatch']}")
+      top.plot(eta, _as_float(m["relative_loss_E"]), marker="o", ms=3,
+               label=f"{name} (max stable η {m['max_stable_eta']:.2g})")
       bottom.plot(eta, _as_float(m["grad_change_E"]), marker="o", ms=3,
-                  label=f"minibatch {m['minibatch']} (β-smoothness {m['beta_smoothness']:.2g})")
+                  label=f"{name} (β-smoothness {m['beta_smoothness']:.2g})")
     top.axhline(result["threshold"], color="k", ls="--", lw=1, label="divergence threshold")
     top.axhline(1.0, color="gray", lw=0.5)
-    top.set_title(f"{_norm_title(arm)}, lr {arm['lr']:g}")
+    top.set_title(_norm_title(arm) + (f", lr {arm['lr']:g}" if "lr" in arm else ""))
     top.set_ylabel("relative loss L(θ − ηg) / L(θ)")
     bottom.set_ylabel("‖∇L(θ − ηg) − g‖")
     for ax in (top, bottom):
@@ -109,8 +110,9 @@ def divergence_figure(result: dict[str, Any], path: str) -> None:
       ax.grid(alpha=0.3, which="both")
       ax.legend(fontsize=7)
   steps = sorted({m["minibatch"] for arm in arms for m in arm["minibatches"]})
-  fig.suptitle("Divergence along the minibatch gradient (train-mode BN), before the update of"
-               f" minibatches {', '.join(map(str, steps))}")
+  where = (f"at checkpoint step {result['step']}" if "step" in result
+           else f"before the update of minibatches {', '.join(map(str, steps))}")
+  fig.suptitle(f"Divergence along the minibatch gradient (train-mode BN), {where}")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -155,7 +157,9 @@ def sgd_noise_figure(result: dict[str, Any], path: str) -> None:
     for ax in (top, bottom):
       ax.grid(alpha=0.3, which="both")
       ax.legend(fontsize=7)
-  fig.suptitle(f"SGD noise and its bound after {result['train_steps']} steps at each rate")
+  where = (f"at checkpoint step {result['step']} (α: each member's rate there)" if "step" in result
+           else f"after {result['train_steps']} steps at each rate")
+  fig.suptitle(f"SGD noise and its bound {where}")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
