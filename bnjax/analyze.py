@@ -48,20 +48,23 @@ def accuracy(workdir: str, config: ml_collections.ConfigDict) -> None:
                         config.train.num_steps)
 
 
-def analysis_config(config: ml_collections.ConfigDict, run_step: int) -> ml_collections.ConfigDict:
+def analysis_config(config: ml_collections.ConfigDict, run_step: int, seed: int | None = None,
+                    num_etas: int = 25, pool_size: int = 256, num_train_batches: int = 16
+                    ) -> ml_collections.ConfigDict:
   """The run's config with the `analysis` section the measurements read."""
   config = ml_collections.ConfigDict(config.to_dict())
-  pool = min(_POOL.value, config.data.get("synthetic_train_size", _POOL.value))
+  pool = min(pool_size, config.data.synthetic_train_size if config.data.name == "synthetic"
+             else pool_size)
   config.analysis = ml_collections.ConfigDict(dict(
-      eta_low=1e-5, eta_high=1e-1, num_etas=_NUM_ETAS.value, threshold=landscape.DIVERGENCE_THRESHOLD,
-      eta_loop="auto", pool_size=pool, num_batches=4096, num_train_batches=_BATCHES.value,
-      big_batch=min(4 * config.train.batch_size, pool), chunk=32, seed=0, train_steps=run_step))
+      eta_low=1e-5, eta_high=1e-1, num_etas=num_etas, threshold=landscape.DIVERGENCE_THRESHOLD,
+      eta_loop="auto", pool_size=pool, num_batches=4096, num_train_batches=num_train_batches,
+      big_batch=min(4 * config.train.batch_size, pool), chunk=32, seed=0, train_steps=run_step,
+      member_seed=config.sweep.seeds[0] if seed is None else seed))
   return config
 
 
-def chosen_members(run: checkpoint.Run) -> list[tuple[sweep.Arm, list[int]]]:
-  """Per arm, the member indices of the chosen seed, in rate order."""
-  seed = _SEED.value if _SEED.value is not None else run.config.sweep.seeds[0]
+def chosen_members(run: checkpoint.Run, seed: int) -> list[tuple[sweep.Arm, list[int]]]:
+  """Per arm, the member indices of seed `seed`, in rate order."""
   return [(arm, [m.index for m in arm.members if m.seed == seed]) for arm in run.arms]
 
 
@@ -76,7 +79,7 @@ def divergence(run: checkpoint.Run, config, dataset: data.Dataset) -> dict[str, 
   images, labels = data.train_batch(dataset, config.train.data_seed, run.step,
                                     config.train.batch_size, config.data.augmentation)
   arms = []
-  for arm, members in chosen_members(run):
+  for arm, members in chosen_members(run, a.member_seed):
     lines = []
     for member in members:
       lr = run.members[member]["lr"]
@@ -97,7 +100,7 @@ def sgd_noise(run: checkpoint.Run, config, dataset: data.Dataset) -> dict[str, A
   n = config.analysis.pool_size
   pool = (data.normalize(dataset.train.images_Nx32x32x3[:n], dataset), dataset.train.labels_N[:n])
   arms = []
-  for arm, members in chosen_members(run):
+  for arm, members in chosen_members(run, config.analysis.member_seed):
     program, records = jobs_optim.NoiseProgram(config, sweep.build_model(arm, config)), []
     for member in members:
       base_lr = run.members[member]["lr"]
@@ -120,8 +123,13 @@ FIGURES = {"divergence": plots.divergence_figure, "sgd_noise": plots.sgd_noise_f
 MEASURES = {"divergence": divergence, "sgd_noise": sgd_noise}
 
 
-def analyze(workdir: str, step: int | None, analyses: list[str]) -> list[str]:
-  """Writes the figures and analyses of `workdir`; returns the files written."""
+def analyze(workdir: str, step: int | None = None, analyses: tuple[str, ...] = ANALYSES,
+            **settings: Any) -> list[str]:
+  """Writes the figures and analyses of `workdir`; returns the files written.
+
+  `settings` are `analysis_config`'s keywords (seed, num_etas, pool_size,
+  num_train_batches).
+  """
   unknown = sorted(set(analyses) - set(ANALYSES))
   if unknown:
     raise errors.ConfigError(f"Unknown analyses {unknown} (--analyses); use some of {list(ANALYSES)}.")
@@ -131,7 +139,7 @@ def analyze(workdir: str, step: int | None, analyses: list[str]) -> list[str]:
   if not analyses:
     return written
   run = checkpoint.load(workdir, step)
-  config = analysis_config(run.config, run.step)
+  config = analysis_config(run.config, run.step, **settings)
   dataset = data.load(config.data)
   for name in analyses:
     result = MEASURES[name](run, config, dataset)
@@ -146,7 +154,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
-    written = analyze(_WORKDIR.value, _STEP.value, _ANALYSES.value)
+    written = analyze(_WORKDIR.value, _STEP.value, tuple(_ANALYSES.value), seed=_SEED.value,
+                      num_etas=_NUM_ETAS.value, pool_size=_POOL.value,
+                      num_train_batches=_BATCHES.value)
   except errors.BnjaxError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -16,9 +16,6 @@ from bnjax.models import make_model
 
 from conftest import load_config
 
-jax.config.update("jax_default_matmul_precision", "highest")
-
-
 def _linear_problem(n: int = 8, features: int = 5, classes: int = 3, seed: int = 0):
   """A softmax regression: per-example losses, params, inputs (N, F), labels (N,)."""
   k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
@@ -168,3 +165,23 @@ def test_jsonable_turns_non_finite_into_null():
   out = json.dumps(jobs_optim.jsonable({"a": np.asarray([1.0, np.inf, np.nan]), "b": float("-inf")}),
                    allow_nan=False)
   assert json.loads(out) == {"a": [1.0, None, None], "b": None}
+
+
+def test_analyze_recomputes_figures_and_analyses_from_a_checkpointed_sweep(tmp_path):
+  """A 3-step ResNet-8 sweep (one BN member) trained in-process, then analysed."""
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from bnjax import analyze  # pylint: disable=import-outside-toplevel
+  config = tiny_config(num_steps=3)
+  config.sweep.lrs = (0.01,)
+  config.sweep.arms.norm = ("batch",)
+  config.eval_every = 3
+  workdir = str(tmp_path)
+  jobs.resolve("train")(config, workdir)
+  written = analyze.analyze(workdir, num_etas=3, pool_size=16, num_train_batches=1)
+  names = sorted(os.path.basename(p) for p in written)
+  assert names == ["accuracy.png", "divergence_step3.json", "divergence_step3.png",
+                   "sgd_noise_step3.json", "sgd_noise_step3.png"]
+  result = _strict_json(os.path.join(workdir, "analysis", "sgd_noise_step3.json"))
+  assert result["step"] == 3 and [len(arm["members"]) for arm in result["arms"]] == [1]
+  divergence = _strict_json(os.path.join(workdir, "analysis", "divergence_step3.json"))
+  assert divergence["arms"][0]["minibatches"][0]["relative_loss_E"][0] == pytest.approx(1.0, abs=0.01)
