@@ -35,7 +35,8 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to analyse (default:
 _ANALYSES = flags.DEFINE_list("analyses", list(ANALYSES), f"Which of {ANALYSES} to run.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of the members to measure (default: the first).")
 _NUM_ETAS = flags.DEFINE_integer("num_etas", 25, "Points of the η grid (1e-5..1e-1).")
-_POOL = flags.DEFINE_integer("pool_size", 256, "Training examples standing in for the full set (F2).")
+_POOL = flags.DEFINE_integer("pool_size", 256,
+                             "Training examples standing in for the full set (F2).")
 _BATCHES = flags.DEFINE_integer("num_train_batches", 16,
                                 "Train-mode minibatch gradients per size (F2).")
 flags.mark_flags_as_required(["workdir"])
@@ -132,7 +133,8 @@ def analyze(workdir: str, step: int | None = None, analyses: tuple[str, ...] = A
   """
   unknown = sorted(set(analyses) - set(ANALYSES))
   if unknown:
-    raise errors.ConfigError(f"Unknown analyses {unknown} (--analyses); use some of {list(ANALYSES)}.")
+    raise errors.ConfigError(
+        f"Unknown analyses {unknown} (--analyses); use some of {list(ANALYSES)}.")
   config = checkpoint.read_config(workdir)
   accuracy(workdir, config)
   written = [workdir_lib.figure_path(workdir, "accuracy")]

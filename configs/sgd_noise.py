@@ -8,8 +8,9 @@ SGD steps at constant rate α; then on a pool of `analysis.pool_size`
 training examples (the "full" set) C = E_i‖∇ℓ_i − ∇ℓ‖² is computed from
 per-example gradients (BN statistics of the pool held fixed), next to the
 measured noise over `analysis.num_batches` sampled minibatches, the
-train-mode noise over `analysis.num_train_batches`, and McCandlish et al.'s B_simple both from per-example
-gradients and from minibatch sizes |B| and `analysis.big_batch`.
+train-mode noise over `analysis.num_train_batches`, and McCandlish et al.'s
+B_simple both from per-example gradients and from minibatch sizes |B| and
+`analysis.big_batch`.
 Default: ResNet-110, CIFAR-10, batch 128, the paper's rates.
 `smoke`: a ResNet-8 on synthetic data, batch 16, pool 128, ~1 min on a CPU.
 """

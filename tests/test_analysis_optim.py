@@ -49,8 +49,8 @@ def test_per_example_grads_average_to_batch_gradient_resnet_without_bn():
   images, labels = _batch(2)
   grads_NxP = jax.jit(lambda v: noise.per_example_grads(
       noise.separable_loss(model, v), v["params"], images, labels))(variables)
-  batch_grad = noise.flatten(jax.jit(jax.grad(
-      lambda p: common.loss(model, {**variables, "params": p}, images, labels)))(variables["params"]))
+  loss_fn = lambda p: common.loss(model, {**variables, "params": p}, images, labels)
+  batch_grad = noise.flatten(jax.jit(jax.grad(loss_fn))(variables["params"]))
   np.testing.assert_allclose(grads_NxP.mean(0), batch_grad, rtol=1e-4,
                              atol=1e-5 * float(jnp.abs(batch_grad).max()))
 
@@ -59,7 +59,8 @@ def test_pool_statistics_make_eval_mode_equal_train_mode_on_the_pool():
   model, variables = _resnet8("batch")
   images, labels = _batch(8)
   fixed = jax.jit(lambda v: noise.pool_statistics(model, v, images))(variables)
-  separable = jax.jit(lambda v: noise.separable_loss(model, v)(v["params"], images, labels))(fixed).mean()
+  losses = jax.jit(lambda v: noise.separable_loss(model, v)(v["params"], images, labels))
+  separable = losses(fixed).mean()
   np.testing.assert_allclose(separable, common.loss(model, variables, images, labels), rtol=1e-4)
 
 
@@ -162,8 +163,8 @@ def test_smoke_job_writes_json_and_figure(name, tmp_path):
 
 
 def test_jsonable_turns_non_finite_into_null():
-  out = json.dumps(jobs_optim.jsonable({"a": np.asarray([1.0, np.inf, np.nan]), "b": float("-inf")}),
-                   allow_nan=False)
+  value = {"a": np.asarray([1.0, np.inf, np.nan]), "b": float("-inf")}
+  out = json.dumps(jobs_optim.jsonable(value), allow_nan=False)
   assert json.loads(out) == {"a": [1.0, None, None], "b": None}
 
 
@@ -184,4 +185,5 @@ def test_analyze_recomputes_figures_and_analyses_from_a_checkpointed_sweep(tmp_p
   result = _strict_json(os.path.join(workdir, "analysis", "sgd_noise_step3.json"))
   assert result["step"] == 3 and [len(arm["members"]) for arm in result["arms"]] == [1]
   divergence = _strict_json(os.path.join(workdir, "analysis", "divergence_step3.json"))
-  assert divergence["arms"][0]["minibatches"][0]["relative_loss_E"][0] == pytest.approx(1.0, abs=0.01)
+  line = divergence["arms"][0]["minibatches"][0]
+  assert line["relative_loss_E"][0] == pytest.approx(1.0, abs=0.01)

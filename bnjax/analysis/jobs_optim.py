@@ -169,7 +169,8 @@ def noise_member(config, program: NoiseProgram, state: train.State, pool: tuple,
       "bound": noise.sgd_noise_bound(lr, c, batch),
       "expected_without_replacement": noise.expected_noise_without_replacement(lr, c, batch, size),
       "measured": lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_without).mean(),
-      "measured_with_replacement": lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_with).mean(),
+      "measured_with_replacement":
+          lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_with).mean(),
       "measured_train_mode": lr**2 * trained_without[:, 0].mean(),
       "b_simple": stats["b_simple"],
       "b_simple_two_batch_train_mode": noise.two_batch_noise_scale(
@@ -182,7 +183,8 @@ def _depth_ordered(names: list[str], values: list[float]) -> dict[str, float]:
   """{leaf path: value} in depth order (stem first, classifier last)."""
   def key(item):
     module = item[0].rsplit("/", 2)[0]
-    return (module.startswith("classifier"), common._depth_key(module))  # pylint: disable=protected-access
+    depth = common._depth_key(module)  # pylint: disable=protected-access
+    return (module.startswith("classifier"), depth)
   return dict(sorted(zip(names, values), key=key))
 
 
