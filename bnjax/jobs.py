@@ -14,6 +14,8 @@ JOBS: dict[str, str] = {
     "activations": "bnjax.analysis.jobs_layers:activations",
     "gradients": "bnjax.analysis.jobs_layers:gradients",
     "random_matrix": "bnjax.analysis.jobs_layers:random_matrix",
+    "divergence": "bnjax.analysis.jobs_optim:divergence",
+    "sgd_noise": "bnjax.analysis.jobs_optim:sgd_noise",
 }
 
 

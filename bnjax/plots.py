@@ -83,8 +83,8 @@ def _by_arm(members: list[dict], key: str | None = None) -> dict[str, list[dict]
   return dict(groups)
 
 
-def _nan(values: Sequence) -> np.ndarray:
-  """A float array with JSON nulls (non-finite values) as NaN."""
+def _as_float(values: Sequence[Any]) -> np.ndarray:
+  """JSON numbers with null as NaN (NaN leaves a gap in a line plot)."""
   return np.asarray([np.nan if v is None else v for v in values], dtype=float)
 
 
@@ -109,7 +109,7 @@ def moments_vs_depth_figure(members: list[dict], path: str) -> None:
                               ("log10_std", "channel std", "C3")):
       rows = records[0][key]
       layers = np.arange(1, len(rows) + 1)
-      ax.errorbar(layers, _nan([r["mean"] for r in rows]), yerr=_nan([r["std"] for r in rows]),
+      ax.errorbar(layers, _as_float([r["mean"] for r in rows]), yerr=_as_float([r["std"] for r in rows]),
                   fmt="o-", ms=3, capsize=2, color=color, label=label)
     ax.set_title(arm)
     ax.set_xlabel("layer (conv outputs in depth order, then logits)")
@@ -128,7 +128,7 @@ def signal_propagation_figure(members: list[dict], path: str) -> None:
   for ax, (arm, records) in zip(axes[0], groups.items()):
     for i, (key, label) in enumerate(names):
       for j, r in enumerate(records):
-        values = _nan(r["signal_propagation"][key])
+        values = _as_float(r["signal_propagation"][key])
         ax.plot(np.arange(1, len(values) + 1), values, "o-", ms=3, color=f"C{i}",
                 alpha=1.0 if j == 0 else 0.4, label=label if j == 0 else None)
     ax.set_yscale("log")
@@ -157,8 +157,8 @@ def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr:
   for a, record in enumerate(records):
     for c, key in enumerate(layer_keys):
       layer = key.split("_")[1]
-      means = np.asarray([_nan(row) for row in record["update"][key]])
-      variances = np.asarray([_nan(row) for row in record["update"][f"var_{layer}"]])
+      means = np.asarray([_as_float(row) for row in record["update"][key]])
+      variances = np.asarray([_as_float(row) for row in record["update"][f"var_{layer}"]])
       with np.errstate(all="ignore"):
         log_var = np.log10(variances)
       bound = np.nanmax(np.abs(means)) if np.isfinite(means).any() else 1.0
@@ -180,7 +180,7 @@ def output_gradient_figure(members: list[dict], path: str) -> None:
   records = [r for r in members if r.get("output_grad") is not None]
   fig, axes = plt.subplots(1, len(records), figsize=(4.5 * len(records), 6), squeeze=False)
   for ax, r in zip(axes[0], records):
-    g = np.asarray([_nan(row) for row in r["output_grad"]])
+    g = np.asarray([_as_float(row) for row in r["output_grad"]])
     bound = np.nanmax(np.abs(g))
     im = ax.imshow(g, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
     fig.colorbar(im, ax=ax, label="∂L/∂logit (batch-mean loss)")
@@ -203,7 +203,7 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str) -> Non
   fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4), squeeze=False)
   for i, (ax, (arm, records)) in enumerate(zip(axes[0], groups.items())):
     h = records[0]["layer_histogram"]
-    edges = _nan(h["edges"])
+    edges = _as_float(h["edges"])
     ax.stairs(h["counts"], edges, fill=True, color=f"C{i}", alpha=0.7)
     ax.set_title(f"{arm}: layer {layer}, std {h['std']:.3g}", fontsize=10)
     ax.set_xlabel("weight gradient ∂L/∂w")
@@ -211,7 +211,7 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str) -> Non
   norm_ax = axes[0][-1]
   for i, (arm, records) in enumerate(groups.items()):
     for j, r in enumerate(records):
-      norms = _nan(r["conv_grad_norms"])
+      norms = _as_float(r["conv_grad_norms"])
       norm_ax.plot(np.arange(1, len(norms) + 1), norms, color=f"C{i}", alpha=1.0 if j == 0 else 0.4,
                    label=arm if j == 0 else None)
   norm_ax.axvline(layer, color="gray", ls=":", lw=1)
@@ -236,7 +236,7 @@ def random_matrix_figure(results: dict, path: str) -> None:
   cols = max(len(products), 2)
   fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7), squeeze=False)
   for ax, (name, p) in zip(axes[0], products.items()):
-    s = _nan(p["singular_values"])
+    s = _as_float(p["singular_values"])
     ax.hist(s, bins=60, density=True, color="C0")
     ax.set_title(f"k = {name[1:]} Gaussian matrices (N={results['matrix_size']})", fontsize=10)
     ax.set_xlabel("singular value")
@@ -244,7 +244,7 @@ def random_matrix_figure(results: dict, path: str) -> None:
   sorted_ax, spread_ax = axes[1][0], axes[1][1]
   for i, (arm, records) in enumerate(arms.items()):
     for j, r in enumerate(records):
-      s = _nan(r["singular_values"])
+      s = _as_float(r["singular_values"])
       label = f"{arm} (log10 cond {r['log10_condition']:.2f})" if j == 0 else None
       alpha = 1.0 if j == 0 else 0.4
       sorted_ax.plot(np.arange(1, len(s) + 1), s, "o-", ms=2, color=f"C{i}", alpha=alpha, label=label)
@@ -262,3 +262,95 @@ def random_matrix_figure(results: dict, path: str) -> None:
     ax.axis("off")
   _save(fig, path, "Singular values: random matrix products and the network's input-output"
         f" Jacobian at initialisation (step 0, {results['jacobian_batch']} images)")
+
+
+# ---------------------------------------------------------------- optimisation analyses
+
+
+def _norm_title(arm: dict[str, Any]) -> str:
+  name = "BN" if arm.get("norm") == "batch" else "no BN"
+  return f"{name}, ResNet-{arm.get('depth')}"
+
+
+def divergence_figure(result: dict[str, Any], path: str) -> None:
+  """F4: relative loss L(θ − ηg)/L(θ) against η (log-log), BN and no BN side by side.
+
+  Top row: one line per measured minibatch, the divergence threshold dashed.
+  Bottom row: gradient predictiveness ‖∇L(θ − ηg) − g‖ (Santurkar et al.).
+  """
+  arms = result["arms"]
+  fig, axes = plt.subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
+  for col, arm in enumerate(arms):
+    top, bottom = axes[0, col], axes[1, col]
+    for m in arm["minibatches"]:
+      eta = _as_float(m["eta_E"])
+      name = m.get("label", f"minibatch {m['minibatch']}")
+      top.plot(eta, _as_float(m["relative_loss_E"]), marker="o", ms=3,
+               label=f"{name} (max stable η {m['max_stable_eta']:.2g})")
+      bottom.plot(eta, _as_float(m["grad_change_E"]), marker="o", ms=3,
+                  label=f"{name} (β-smoothness {m['beta_smoothness']:.2g})")
+    top.axhline(result["threshold"], color="k", ls="--", lw=1, label="divergence threshold")
+    top.axhline(1.0, color="gray", lw=0.5)
+    top.set_title(_norm_title(arm) + (f", lr {arm['lr']:g}" if "lr" in arm else ""))
+    top.set_ylabel("relative loss L(θ − ηg) / L(θ)")
+    bottom.set_ylabel("‖∇L(θ − ηg) − g‖")
+    for ax in (top, bottom):
+      ax.set_xscale("log")
+      ax.set_yscale("log")
+      ax.set_xlabel("step size η")
+      ax.grid(alpha=0.3, which="both")
+      ax.legend(fontsize=7)
+  steps = sorted({m["minibatch"] for arm in arms for m in arm["minibatches"]})
+  where = (f"at checkpoint step {result['step']}" if "step" in result
+           else f"before the update of minibatches {', '.join(map(str, steps))}")
+  fig.suptitle(f"Divergence along the minibatch gradient (train-mode BN), {where}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def sgd_noise_figure(result: dict[str, Any], path: str) -> None:
+  """F2: SGD noise against the learning rate α (log-log), BN and no BN side by side.
+
+  Top row: the bound α²C/|B|, its expectation without replacement, the
+  measured noise (fixed-statistics and train-mode gradients). Bottom row:
+  per-layer C of the conv and dense kernels in depth order, one line per rate.
+  """
+  arms = result["arms"]
+  fig, axes = plt.subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
+  for col, arm in enumerate(arms):
+    top, bottom = axes[0, col], axes[1, col]
+    alive = [m for m in arm["members"] if not m["diverged"]]
+    lr = np.asarray([m["lr"] for m in alive])
+    series = (("bound", "bound α²C/|B|", "k", "-"),
+              ("expected_without_replacement", "expected, without replacement", "gray", ":"),
+              ("measured", "measured (BN stats fixed)", "C0", "none"),
+              ("measured_train_mode", "measured (train-mode gradient)", "C3", "none"))
+    for key, label, color, ls in series:
+      top.plot(lr, _as_float([m[key] for m in alive]), color=color, ls=ls,
+               marker="o" if ls == "none" else None, label=label)
+    for m in arm["members"]:
+      if m["diverged"]:
+        top.axvline(m["lr"], color="r", lw=0.8, ls="--", label=f"lr {m['lr']:g} diverged")
+    top.set_xscale("log")
+    top.set_yscale("log")
+    top.set_xlabel("learning rate α")
+    top.set_ylabel("E‖α∇ℓ − α∇_SGD‖²")
+    top.set_title(f"{_norm_title(arm)}, |B|={result['batch_size']}, pool N={result['pool_size']}")
+    for m in alive:
+      kernels = [(k, v) for k, v in m["layer_C"].items() if k.endswith("kernel")]
+      bottom.plot(range(len(kernels)), _as_float([v for _, v in kernels]), marker=".",
+                  label=f"lr {m['lr']:g}  (B_simple {m['b_simple']:.3g},"
+                        f" two-batch {m['b_simple_two_batch_train_mode']:.3g})")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("kernel in depth order (stem … classifier)")
+    bottom.set_ylabel("per-layer C")
+    for ax in (top, bottom):
+      ax.grid(alpha=0.3, which="both")
+      ax.legend(fontsize=7)
+  where = (f"at checkpoint step {result['step']} (α: each member's rate there)" if "step" in result
+           else f"after {result['train_steps']} steps at each rate")
+  fig.suptitle(f"SGD noise and its bound {where}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

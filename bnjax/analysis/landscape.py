@@ -1,0 +1,154 @@
+"""The loss landscape along the minibatch gradient (F4, and Santurkar et al. 2018).
+
+At parameters θ with minibatch gradient g, the optimizer's next point for a
+step size η is θ' = θ − η·g. Along that line this module measures
+
+* the relative loss L(θ')/L(θ) (Bjorck et al., F4 "divergence along the
+  gradient"), and the largest η of the grid before it first passes the
+  divergence threshold (1e3 in the paper);
+* loss Lipschitzness (Santurkar et al.): the range max L(θ') − min L(θ')
+  over the grid;
+* gradient predictiveness (Santurkar et al.): ‖∇L(θ') − g‖ per η;
+* effective β-smoothness (Santurkar et al.): max over η of
+  ‖∇L(θ') − g‖ / ‖η·g‖.
+
+BN mode: every loss and gradient is taken in train mode, i.e. batch norm
+normalises with the statistics of the same minibatch, recomputed at each θ'.
+That is the function the optimizer descends; the running averages are
+neither used nor updated. The loss is the cross-entropy alone (no weight
+decay term), as in the paper.
+
+All functions are pure and jittable; `model` and `etas` are static Python
+values, so jit them with `functools.partial`. They take one member's
+variables and can be vmapped over members.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bnjax.analysis import common
+
+DIVERGENCE_THRESHOLD = 1e3
+
+
+def log_grid(low: float = 1e-5, high: float = 1e-1, num: int = 25) -> np.ndarray:
+  """Step sizes η, log-spaced from `low` to `high` (F4's horizontal axis)."""
+  return np.geomspace(low, high, num)
+
+
+def _loss_and_grad(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
+                   labels_B: jax.Array, params: Any) -> tuple[jax.Array, Any]:
+  """Train-mode minibatch loss and its gradient at `params` (BN stats untouched)."""
+  def loss_fn(p):
+    return common.loss(model, {**variables, "params": p}, images_BxHxWxC, labels_B,
+                       train_mode=True)
+  return jax.value_and_grad(loss_fn)(params)
+
+
+def _sq_norm(tree: Any) -> jax.Array:
+  return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+
+
+def largest_stable_eta(etas_E: jax.Array, relative_loss_E: jax.Array,
+                       threshold: float = DIVERGENCE_THRESHOLD) -> jax.Array:
+  """The largest η of the grid before the relative loss first exceeds `threshold`.
+
+  A non-finite relative loss counts as divergent. Returns 0 if already the
+  smallest η diverges, and the largest η if none does.
+  """
+  divergent_E = ~(relative_loss_E <= threshold)  # NaN and inf are divergent
+  stable_prefix_E = jnp.cumsum(divergent_E) == 0
+  return jnp.max(jnp.where(stable_prefix_E, etas_E, 0.0))
+
+
+def line_point(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
+               labels_B: jax.Array, g: Any, eta: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(L(θ − η·g), ‖∇L(θ − η·g) − g‖) on the minibatch: one point of the line."""
+  moved = jax.tree.map(lambda p, d: p - eta * d, variables["params"], g)
+  loss, grad = _loss_and_grad(model, variables, images_BxHxWxC, labels_B, moved)
+  return loss, jnp.sqrt(_sq_norm(jax.tree.map(jnp.subtract, grad, g)))
+
+
+def summarize(loss: jax.Array, grad_norm: jax.Array, eta_E: jax.Array, loss_E: jax.Array,
+              grad_change_E: jax.Array, threshold: float = DIVERGENCE_THRESHOLD
+              ) -> dict[str, jax.Array]:
+  """The measures of `along_gradient` from the line's points (see there)."""
+  beta_E = jnp.where(eta_E > 0, grad_change_E / (eta_E * grad_norm), jnp.nan)
+  relative_E = loss_E / loss
+  finite_loss = jnp.isfinite(loss_E)
+  return {
+      "eta_E": eta_E,
+      "loss": loss,
+      "grad_norm": grad_norm,
+      "loss_E": loss_E,
+      "relative_loss_E": relative_E,
+      "grad_change_E": grad_change_E,
+      "beta_E": beta_E,
+      "beta_smoothness": jnp.max(jnp.where(jnp.isfinite(beta_E), beta_E, -jnp.inf)),
+      "loss_range": (jnp.max(jnp.where(finite_loss, loss_E, -jnp.inf))
+                     - jnp.min(jnp.where(finite_loss, loss_E, jnp.inf))),
+      "max_stable_eta": largest_stable_eta(eta_E, relative_E, threshold),
+  }
+
+
+def along_gradient(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
+                   labels_B: jax.Array, etas: Sequence[float],
+                   threshold: float = DIVERGENCE_THRESHOLD) -> dict[str, jax.Array]:
+  """Loss and gradient at θ − η·g for every η of `etas` (E values).
+
+  Returns a dict of arrays:
+    eta_E                the step sizes,
+    loss                 () L(θ), the train-mode minibatch loss,
+    grad_norm            () ‖g‖,
+    loss_E               L(θ − η·g) on the same minibatch,
+    relative_loss_E      L(θ − η·g) / L(θ)  (F4),
+    grad_change_E        ‖∇L(θ − η·g) − g‖  (gradient predictiveness),
+    beta_E               ‖∇L(θ − η·g) − g‖ / ‖η·g‖,
+    beta_smoothness      () max of beta_E over finite values (effective
+                         β-smoothness),
+    loss_range           () max − min of loss_E over finite values (loss
+                         Lipschitzness),
+    max_stable_eta       () largest η before the relative loss first
+                         exceeds `threshold`.
+  η = 0 is allowed in the grid (relative loss exactly 1); its β is NaN.
+  The η values are evaluated one after another (`lax.map`), so memory is
+  that of one gradient. XLA:CPU runs convolution gradients inside a loop
+  body tens of times slower than outside one; on a CPU prefer
+  `along_gradient_host`, which gives the same dict.
+  """
+  loss, g = _loss_and_grad(model, variables, images_BxHxWxC, labels_B, variables["params"])
+  eta_E = jnp.asarray(etas, jnp.float32)
+  point = lambda eta: line_point(model, variables, images_BxHxWxC, labels_B, g, eta)
+  loss_E, change_E = jax.lax.map(point, eta_E)
+  return summarize(loss, jnp.sqrt(_sq_norm(g)), eta_E, loss_E, change_E, threshold)
+
+
+def along_gradient_host(model: nn.Module, variables: common.Variables,
+                        images_BxHxWxC: jax.Array, labels_B: jax.Array, etas: Sequence[float],
+                        threshold: float = DIVERGENCE_THRESHOLD) -> dict[str, jax.Array]:
+  """`along_gradient` with the loop over η on the host: one compiled gradient.
+
+  Not itself jittable; each point is a jitted `line_point` call, compiled
+  once per model and shapes.
+  """
+  loss, g = _jit_grad(model, variables, images_BxHxWxC, labels_B)
+  eta_E = jnp.asarray(etas, jnp.float32)
+  points = [_jit_point(model, variables, images_BxHxWxC, labels_B, g, eta) for eta in eta_E]
+  loss_E, change_E = (jnp.stack(column) for column in zip(*points))
+  return summarize(loss, jnp.sqrt(_sq_norm(g)), eta_E, loss_E, change_E, threshold)
+
+
+def first_order_relative_loss(loss: jax.Array, grad_norm: jax.Array,
+                              eta_E: jax.Array) -> jax.Array:
+  """1 − η‖g‖²/L: the relative loss a linear model of L predicts for small η."""
+  return 1.0 - eta_E * grad_norm**2 / loss
+
+
+_jit_grad = jax.jit(lambda model, v, x, y: _loss_and_grad(model, v, x, y, v["params"]),
+                    static_argnums=0)
+_jit_point = jax.jit(line_point, static_argnums=0)

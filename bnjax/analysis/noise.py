@@ -1,0 +1,181 @@
+"""SGD noise (F2) and the gradient noise scale (McCandlish et al. 2018).
+
+F2 of Bjorck et al.: with the full loss ℓ = (1/N) Σ_i ℓ_i and the SGD step
+α∇_SGD = (α/|B|) Σ_{i∈B} ∇ℓ_i,
+
+    E ‖α∇ℓ − α∇_SGD‖² ≤ (α²/|B|) C,   C = E_i ‖∇ℓ_i − ∇ℓ‖².
+
+Here the "full" set is a fixed pool of N training examples. For minibatches
+drawn with replacement the bound holds with equality in expectation; drawn
+without replacement (as the training data stream does within an epoch) the
+expectation is (α²C/|B|)·(N − |B|)/(N − 1), strictly below it.
+
+How batch norm's batch coupling is handled. A BN network's loss on a batch
+is not a sum of per-example losses: each example's output depends on the
+whole batch through the statistics, so ∇ℓ_i is not defined by the network
+alone. The per-example losses here are taken with the BN statistics held
+fixed at those of the whole pool at the current parameters (`pool_statistics`
+puts them in `batch_stats`; the model is then applied in eval mode). Why:
+with statistics held fixed the loss is separable, so ∇ℓ = mean_i ∇ℓ_i
+exactly and the bound is a theorem about the quantities measured; the pool
+statistics are the population values that each minibatch's statistics
+estimate; and eval mode with the stale running averages (zero mean, unit
+variance at initialisation) would measure a different network. What the
+optimizer actually steps with, the train-mode minibatch gradient (statistics
+of that minibatch, gradient through them), is measured next to it by
+`train_mode_noise`, so the cost of the approximation is visible. Without BN
+both are the same function.
+
+Functions taking per-example gradients use a flat (N, P) matrix `grads_NxP`
+(`per_example_grads`); the Gram matrix of centred gradients then gives any
+minibatch's noise exactly, since ∇_SGD − ∇ℓ is the mean of the centred
+per-example gradients of the batch.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bnjax import train
+from bnjax.analysis import common
+
+LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, x_B..., y_B) -> losses (B,)
+
+
+def pool_statistics(model: nn.Module, variables: common.Variables,
+                    images_NxHxWxC: jax.Array) -> common.Variables:
+  """`variables` with batch_stats replaced by the batch statistics of the pool.
+
+  BN stores new = m·old + (1 − m)·batch; two train-mode passes, from old = 0
+  and old = 1, give m and the batch mean and (biased) variance whatever the
+  momentum. A model without BN is returned unchanged.
+  """
+  if not variables.get("batch_stats"):
+    return variables
+  def updated(fill: float) -> Any:
+    old = jax.tree.map(lambda x: jnp.full_like(x, fill), variables["batch_stats"])
+    _, state = model.apply({**variables, "batch_stats": old}, images_NxHxWxC, train=True,
+                           mutable=["batch_stats"])
+    return state["batch_stats"]
+  from_zero, from_one = updated(0.0), updated(1.0)
+  stats = jax.tree.map(lambda a, b: a / (1.0 - (b - a)), from_zero, from_one)
+  return {**variables, "batch_stats": stats}
+
+
+def separable_loss(model: nn.Module, variables: common.Variables) -> LossFn:
+  """Per-example cross-entropies (B,) in eval mode with `variables`' BN statistics."""
+  def losses(params: Any, images_BxHxWxC: jax.Array, labels_B: jax.Array) -> jax.Array:
+    logits = model.apply({**variables, "params": params}, images_BxHxWxC, train=False)
+    return jax.vmap(train.cross_entropy)(logits[:, None], labels_B[:, None])
+  return losses
+
+
+def per_example_grads(loss_fn: LossFn, params: Any, x_N: jax.Array, y_N: jax.Array) -> jax.Array:
+  """∇ℓ_i for each of N examples, flattened to (N, P) in `flatten` order."""
+  def one(x, y):
+    return flatten(jax.grad(lambda p: loss_fn(p, x[None], y[None])[0])(params))
+  return jax.vmap(one)(x_N, y_N)
+
+
+def flatten(tree: Any) -> jax.Array:
+  """The leaves of a pytree concatenated into one vector (P,)."""
+  return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def leaf_names(tree: Any) -> list[str]:
+  """"a/b/c" path of each leaf, in `flatten` order."""
+  return ["/".join(str(getattr(k, "key", k)) for k in path)
+          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def leaf_sizes(tree: Any) -> list[int]:
+  return [x.size for x in jax.tree.leaves(tree)]
+
+
+def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, jax.Array]:
+  """C, ‖∇ℓ‖², per-leaf C and B_simple from per-example gradients.
+
+  Returns:
+    mean_grad_P       ∇ℓ = mean_i ∇ℓ_i,
+    grad_sq_norm      () ‖∇ℓ‖²,
+    C                 () E_i ‖∇ℓ_i − ∇ℓ‖² (= tr Σ, the per-example covariance
+                      over the pool, normalised by N),
+    C_L               per-leaf C (L = len(sizes)), in `leaf_names` order,
+    b_simple          () tr Σ / ‖∇ℓ‖² (McCandlish et al.'s simple noise scale),
+    gram_NxN          ⟨∇ℓ_i − ∇ℓ, ∇ℓ_j − ∇ℓ⟩.
+  """
+  mean_P = jnp.mean(grads_NxP, axis=0)
+  centred_NxP = grads_NxP - mean_P
+  sq_P = jnp.mean(jnp.square(centred_NxP), axis=0)
+  bounds = [0]
+  for s in sizes:
+    bounds.append(bounds[-1] + s)
+  c_L = jnp.stack([jnp.sum(sq_P[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+  grad_sq = jnp.sum(jnp.square(mean_P))
+  c = jnp.sum(sq_P)
+  return {"mean_grad_P": mean_P, "grad_sq_norm": grad_sq, "C": c, "C_L": c_L,
+          "b_simple": c / grad_sq, "gram_NxN": centred_NxP @ centred_NxP.T}
+
+
+def minibatch_noise(gram_NxN: jax.Array, idx_KxB: jax.Array) -> jax.Array:
+  """‖∇_SGD − ∇ℓ‖² of each of K minibatches (K,), given by their indices.
+
+  Exact for a separable loss: ∇_SGD − ∇ℓ = (1/B) Σ_{i∈B} (∇ℓ_i − ∇ℓ).
+  Repeated indices (sampling with replacement) count as often as they occur.
+  """
+  batch = idx_KxB.shape[1]
+  block_KxBxB = gram_NxN[idx_KxB[:, :, None], idx_KxB[:, None, :]]
+  return jnp.sum(block_KxBxB, axis=(1, 2)) / batch**2
+
+
+def sgd_noise_bound(lr: float | jax.Array, c: jax.Array, batch_size: int) -> jax.Array:
+  """α²C/|B|: F2's bound, and the expected noise with replacement."""
+  return lr**2 * c / batch_size
+
+
+def expected_noise_without_replacement(lr: float | jax.Array, c: jax.Array,
+                                       batch_size: int, pool_size: int) -> jax.Array:
+  """E‖α∇ℓ − α∇_SGD‖² for minibatches drawn without replacement from N."""
+  return sgd_noise_bound(lr, c, batch_size) * (pool_size - batch_size) / (pool_size - 1)
+
+
+def sample_without_replacement(key: jax.Array, pool_size: int, batch_size: int,
+                               num_batches: int) -> jax.Array:
+  """Indices (K, B): each row distinct examples of the pool, rows independent."""
+  keys = jax.random.split(key, num_batches)
+  return jax.vmap(lambda k: jax.random.permutation(k, pool_size)[:batch_size])(keys)
+
+
+def two_batch_noise_scale(sq_norm_small: jax.Array, sq_norm_big: jax.Array,
+                          b_small: int, b_big: int) -> dict[str, jax.Array]:
+  """McCandlish et al.'s estimator of ‖G‖², tr Σ and B_simple from two batch sizes.
+
+  `sq_norm_*` are mean squared norms of minibatch gradients at each size.
+  Unbiased for ‖G‖² and tr Σ when the minibatches are drawn with replacement
+  (E‖G_B‖² = ‖G‖² + tr Σ / B); B_simple is their ratio.
+  """
+  g_sq = (b_big * sq_norm_big - b_small * sq_norm_small) / (b_big - b_small)
+  trace = (sq_norm_small - sq_norm_big) / (1.0 / b_small - 1.0 / b_big)
+  return {"grad_sq_norm": g_sq, "trace_sigma": trace, "b_simple": trace / g_sq}
+
+
+def train_mode_grad(model: nn.Module, variables: common.Variables,
+                    images_BxHxWxC: jax.Array, labels_B: jax.Array) -> jax.Array:
+  """The optimizer's minibatch gradient (train-mode BN), flattened (P,)."""
+  def loss_fn(params):
+    return common.loss(model, {**variables, "params": params}, images_BxHxWxC, labels_B)
+  return flatten(jax.grad(loss_fn)(variables["params"]))
+
+
+def train_mode_noise(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
+                     labels_B: jax.Array, mean_grad_P: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(‖g_B − ∇ℓ‖², ‖g_B‖²) for the train-mode minibatch gradient g_B.
+
+  ∇ℓ is the pool gradient with statistics held fixed (`noise_statistics`).
+  """
+  g_P = train_mode_grad(model, variables, images_BxHxWxC, labels_B)
+  return jnp.sum(jnp.square(g_P - mean_grad_P)), jnp.sum(jnp.square(g_P))
+

@@ -1,0 +1,44 @@
+"""F2 of Bjorck et al. (2018): SGD noise against its bound α²C/|B|, with and without BN.
+
+    python -m bnjax.main --config=configs/sgd_noise.py --workdir=DIR
+    python -m bnjax.main --config=configs/sgd_noise.py:smoke --workdir=DIR
+
+For each norm and rate α of `sweep.lrs` a member trains `analysis.train_steps`
+SGD steps at constant rate α; then on a pool of `analysis.pool_size`
+training examples (the "full" set) C = E_i‖∇ℓ_i − ∇ℓ‖² is computed from
+per-example gradients (BN statistics of the pool held fixed), next to the
+measured noise over `analysis.num_batches` sampled minibatches, the
+train-mode noise over `analysis.num_train_batches`, and McCandlish et al.'s
+B_simple both from per-example gradients and from minibatch sizes |B| and
+`analysis.big_batch`.
+Default: ResNet-110, CIFAR-10, batch 128, the paper's rates.
+`smoke`: a ResNet-8 on synthetic data, batch 16, pool 128, ~1 min on a CPU.
+"""
+
+import ml_collections
+
+from bnjax import config as config_lib
+
+
+def get_config(arg=None):
+  variant = config_lib.parse_variant(arg, ("smoke",))
+  config = config_lib.base_config()
+  config.job = "sgd_noise"
+  config.sweep.seeds = (0,)
+  config.analysis = ml_collections.ConfigDict(dict(
+      # num_batches minibatches per member for the measured noise (cheap: from
+      # the per-example gradients); num_train_batches for the train-mode
+      # noise and the two-batch estimator (one backward pass each).
+      pool_size=512, num_batches=4096, num_train_batches=32, big_batch=512,
+      train_steps=400, chunk=32, seed=0))
+  if variant == "smoke":
+    config.model.depth = 8
+    config.data.name = "synthetic"
+    config.data.synthetic_train_size = 1024
+    config.data.synthetic_test_size = 64
+    config.train.batch_size = 16
+    config.analysis.pool_size = 128
+    config.analysis.num_train_batches = 12
+    config.analysis.big_batch = 64
+    config.analysis.train_steps = 20
+  return config
