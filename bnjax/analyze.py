@@ -146,8 +146,8 @@ def analyze(workdir: str, step: int | None = None, analyses: tuple[str, ...] = A
   for name in analyses:
     result = MEASURES[name](run, config, dataset)
     stem = f"{name}_step{run.step}"
-    written.append(jobs_optim.write_analysis(workdir, stem, result))
-    FIGURES[name](jobs_optim.jsonable(result), workdir_lib.figure_path(workdir, stem))
+    written.append(workdir_lib.write_analysis(workdir, stem, result))
+    FIGURES[name](workdir_lib.jsonable(result), workdir_lib.figure_path(workdir, stem))
     written.append(workdir_lib.figure_path(workdir, stem))
   return written
 

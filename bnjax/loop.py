@@ -8,7 +8,6 @@ steps; it fetches metrics every `log_every` steps and evaluates every
 import dataclasses
 import signal
 import time
-from typing import Any
 
 import jax.numpy as jnp
 import ml_collections

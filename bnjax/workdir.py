@@ -5,6 +5,7 @@
                         status ("running", "trained" or "diverged"),
                         diverged_step (null if it never diverged)
     DIR/metrics.jsonl   one JSON object per line per member per logged step
+    DIR/analysis/       <name>.json, the numbers behind each analysis figure
     DIR/figures/        PNG figures
 """
 
@@ -15,7 +16,9 @@ import shutil
 from collections.abc import Iterable
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 
 from bnjax import errors
 
@@ -23,6 +26,7 @@ CONFIG_FILE = "config.json"
 MEMBERS_FILE = "members.json"
 METRICS_FILE = "metrics.jsonl"
 FIGURES_DIR = "figures"
+ANALYSIS_DIR = "analysis"
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -30,6 +34,28 @@ def _finite_or_none(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
+
+
+def jsonable(value: Any) -> Any:
+  """Arrays and numbers as plain JSON data; NaN and +-inf become None."""
+  if isinstance(value, dict):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    return jsonable(np.asarray(value).tolist())
+  return _finite_or_none(value)
+
+
+def write_analysis(workdir: str, name: str, result: dict[str, Any]) -> str:
+  """Writes DIR/analysis/<name>.json as strict JSON, atomically; returns its path."""
+  os.makedirs(os.path.join(workdir, ANALYSIS_DIR), exist_ok=True)
+  path = os.path.join(workdir, ANALYSIS_DIR, f"{name}.json")
+  with open(f"{path}.tmp", "w") as f:
+    json.dump(jsonable(result), f, indent=1, allow_nan=False)
+    f.write("\n")
+  os.replace(f"{path}.tmp", path)
+  return path
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -98,7 +124,7 @@ def _delete_run(workdir: str) -> None:
     path = os.path.join(workdir, name)
     if os.path.exists(path):
       os.remove(path)
-  for name in ("checkpoints", FIGURES_DIR, "analysis"):
+  for name in ("checkpoints", FIGURES_DIR, ANALYSIS_DIR):
     shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
 
 

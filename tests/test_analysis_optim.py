@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from bnjax import config as config_lib, data, jobs
-from bnjax.analysis import common, jobs_optim, landscape, noise
+from bnjax import config as config_lib, data, jobs, workdir as workdir_lib
+from bnjax.analysis import common, landscape, noise
 from bnjax.models import make_model
 
 from conftest import load_config
@@ -164,7 +164,7 @@ def test_smoke_job_writes_json_and_figure(name, tmp_path):
 
 def test_jsonable_turns_non_finite_into_null():
   value = {"a": np.asarray([1.0, np.inf, np.nan]), "b": float("-inf")}
-  out = json.dumps(jobs_optim.jsonable(value), allow_nan=False)
+  out = json.dumps(workdir_lib.jsonable(value), allow_nan=False)
   assert json.loads(out) == {"a": [1.0, None, None], "b": None}
 
 

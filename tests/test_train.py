@@ -137,7 +137,8 @@ def test_synthetic_data_is_learnable():
 
 def test_the_step_compiles_once_for_all_steps_and_rates(tiny_dataset):
   config = tiny_config(num_steps=100)
-  model, tx, step_fn, eval_fn = _compiled(config.to_json(), "none")
+  model, tx, _, eval_fn = _compiled(config.to_json(), "none")
+  step_fn = train.make_arm_step(model, tx, config.train.to_dict(), True)  # a fresh cache
   states = train.init_arm(model, tx, (0, 1), jnp.asarray([0.01, 0.2], jnp.float32))
   arm = executor.ArmExecutor.create(step_fn, eval_fn, states, 2)
   for t in range(3):

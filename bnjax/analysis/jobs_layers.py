@@ -8,9 +8,6 @@ strict JSON with non-finite values as null) and the figures under
 DIR/figures/.
 """
 
-import json
-import math
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,38 +18,6 @@ import numpy as np
 
 from bnjax import data, plots, sweep, workdir as workdir_lib
 from bnjax.analysis import activations as act, common, gradients as grad, random_matrix as rm
-
-ANALYSIS_DIR = "analysis"
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def to_json(value: Any) -> Any:
-  """Arrays and numpy scalars as (nested) lists and floats; non-finite -> None."""
-  if isinstance(value, dict):
-    return {str(k): to_json(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [to_json(v) for v in value]
-  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-    array = np.asarray(value)
-    if array.dtype.kind in "iub":
-      return array.tolist()
-    return to_json(array.astype(float).tolist())
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
-def write_analysis(workdir: str, name: str, results: dict[str, Any]) -> str:
-  """Writes DIR/analysis/<name>.json as strict JSON; returns its path."""
-  os.makedirs(os.path.join(workdir, ANALYSIS_DIR), exist_ok=True)
-  path = os.path.join(workdir, ANALYSIS_DIR, f"{name}.json")
-  with open(f"{path}.tmp", "w") as f:
-    json.dump(to_json(results), f, indent=1, allow_nan=False)
-    f.write("\n")
-  os.replace(f"{path}.tmp", path)
-  return path
 
 
 def arm_label(config: ml_collections.ConfigDict, arm: sweep.Arm) -> str:
@@ -127,11 +92,11 @@ def activations(config: ml_collections.ConfigDict, workdir: str) -> None:
                    **{k: v for k, v in update.items() if k != "loss_S"}},
     }
     results["members"].append(record)
-  write_analysis(workdir, "activations", results)
-  members = to_json(results["members"])
+  workdir_lib.write_analysis(workdir, "activations", results)
+  members = workdir_lib.jsonable(results["members"])
   plots.moments_vs_depth_figure(members, workdir_lib.figure_path(workdir, "activations_f6_depth"))
   plots.signal_propagation_figure(members, workdir_lib.figure_path(workdir, "activations_signal"))
-  plots.diverging_update_figure(members, to_json(fractions), cfg.update_lr,
+  plots.diverging_update_figure(members, workdir_lib.jsonable(fractions), cfg.update_lr,
                                 workdir_lib.figure_path(workdir, "activations_f5_update"))
 
 
@@ -159,8 +124,8 @@ def gradients(config: ml_collections.ConfigDict, workdir: str) -> None:
       record["output_grad"] = out["output_grad_BxK"]
       record["labels"] = np.asarray(labels)
     results["members"].append(record)
-  write_analysis(workdir, "gradients", results)
-  members = to_json(results["members"])
+  workdir_lib.write_analysis(workdir, "gradients", results)
+  members = workdir_lib.jsonable(results["members"])
   plots.output_gradient_figure(members, workdir_lib.figure_path(workdir, "gradients_f7_heatmap"))
   plots.gradient_histogram_figure(members, layer,
                                   workdir_lib.figure_path(workdir, "gradients_f3_histogram"))
@@ -184,5 +149,5 @@ def random_matrix(config: ml_collections.ConfigDict, workdir: str) -> None:
   spectrum = lambda model, variables, x: rm.jacobian_singular_values(model, variables, x, cfg.chunk)
   for label, seed, out in members_at_init(config, spectrum, images):
     results["jacobian"].append({"arm": label, "seed": seed, **out})
-  write_analysis(workdir, "random_matrix", results)
-  plots.random_matrix_figure(to_json(results), workdir_lib.figure_path(workdir, "random_matrix_f8"))
+  workdir_lib.write_analysis(workdir, "random_matrix", results)
+  plots.random_matrix_figure(workdir_lib.jsonable(results), workdir_lib.figure_path(workdir, "random_matrix_f8"))

@@ -8,9 +8,6 @@ and DIR/figures/<name>.png.
 """
 
 import functools
-import json
-import math
-import os
 from typing import Any
 
 import jax
@@ -21,32 +18,6 @@ from absl import logging
 
 from bnjax import data, plots, train, workdir as workdir_lib
 from bnjax.analysis import common, landscape, noise
-
-ANALYSIS_DIR = "analysis"
-
-
-def jsonable(value: Any) -> Any:
-  """Arrays and numbers as plain JSON data; NaN and ±inf become None."""
-  if isinstance(value, dict):
-    return {k: jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [jsonable(v) for v in value]
-  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-    return jsonable(np.asarray(value).tolist())
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
-
-def write_analysis(workdir: str, name: str, result: dict[str, Any]) -> str:
-  """Writes DIR/analysis/<name>.json (strict JSON) and returns its path."""
-  os.makedirs(os.path.join(workdir, ANALYSIS_DIR), exist_ok=True)
-  path = os.path.join(workdir, ANALYSIS_DIR, f"{name}.json")
-  with open(f"{path}.tmp", "w") as f:
-    json.dump(jsonable(result), f, indent=1, allow_nan=False)
-    f.write("\n")
-  os.replace(f"{path}.tmp", path)
-  return path
 
 
 def constant_rate(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -107,8 +78,8 @@ def divergence(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
                  "minibatches": divergence_member(config, dataset, model, lr, seed)})
   result = {"name": "divergence", "threshold": config.analysis.threshold,
             "bn_mode": "train (batch statistics of the minibatch)", "arms": arms}
-  write_analysis(workdir, "divergence", result)
-  plots.divergence_figure(jsonable(result), workdir_lib.figure_path(workdir, "divergence"))
+  workdir_lib.write_analysis(workdir, "divergence", result)
+  plots.divergence_figure(workdir_lib.jsonable(result), workdir_lib.figure_path(workdir, "divergence"))
   return result
 
 
@@ -212,6 +183,6 @@ def sgd_noise(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             "bn_mode": "per-example gradients with BN statistics of the pool held fixed;"
                        " measured_train_mode uses train-mode minibatch gradients",
             "arms": arms}
-  write_analysis(workdir, "sgd_noise", result)
-  plots.sgd_noise_figure(jsonable(result), workdir_lib.figure_path(workdir, "sgd_noise"))
+  workdir_lib.write_analysis(workdir, "sgd_noise", result)
+  plots.sgd_noise_figure(workdir_lib.jsonable(result), workdir_lib.figure_path(workdir, "sgd_noise"))
   return result
