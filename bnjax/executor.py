@@ -10,7 +10,8 @@ chunks of k members of the stacked state:
               (no recompilation per member).
   chunked     k = config.chunk_size: M / k calls a step.
 
-`auto` picks sequential on CPU and vmap elsewhere (see docs in README).
+`auto` picks sequential on CPU and vmap elsewhere (docs/performance.md has
+the measurements).
 Results are the same whatever the executor (up to float reassociation in
 the grouped convolution).
 """
