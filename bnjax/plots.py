@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig: Any, path: str, title: str) -> None:
+  """Titles, lays out, writes (PNG, 120 dpi) and closes a figure."""
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def _arm_label(record: dict[str, Any], fields: Sequence[str]) -> str:
   parts = [f"{f}={record[f]}" for f in fields]
   return ", ".join(parts + [f"lr={record['lr']:g}"])
@@ -65,10 +73,7 @@ def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[s
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("accuracy (%)")
   axes[1].legend(fontsize=7, loc="lower right")
-  fig.suptitle("Accuracy during training (mean and min-max over seeds)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path, "Accuracy during training (mean and min-max over seeds)")
 
 
 # ---------------------------------------------------------------- layer analyses at initialisation
@@ -86,13 +91,6 @@ def _by_arm(members: list[dict], key: str | None = None) -> dict[str, list[dict]
 def _as_float(values: Sequence[Any]) -> np.ndarray:
   """JSON numbers with null as NaN (NaN leaves a gap in a line plot)."""
   return np.asarray([np.nan if v is None else v for v in values], dtype=float)
-
-
-def _save(fig: Any, path: str, title: str) -> None:
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def moments_vs_depth_figure(members: list[dict], path: str) -> None:
@@ -303,10 +301,7 @@ def divergence_figure(result: dict[str, Any], path: str) -> None:
   steps = sorted({m["minibatch"] for arm in arms for m in arm["minibatches"]})
   where = (f"at checkpoint step {result['step']}" if "step" in result
            else f"before the update of minibatches {', '.join(map(str, steps))}")
-  fig.suptitle(f"Divergence along the minibatch gradient (train-mode BN), {where}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path, f"Divergence along the minibatch gradient (train-mode BN), {where}")
 
 
 def sgd_noise_figure(result: dict[str, Any], path: str) -> None:
@@ -350,7 +345,4 @@ def sgd_noise_figure(result: dict[str, Any], path: str) -> None:
       ax.legend(fontsize=7)
   where = (f"at checkpoint step {result['step']} (α: each member's rate there)" if "step" in result
            else f"after {result['train_steps']} steps at each rate")
-  fig.suptitle(f"SGD noise and its bound {where}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path, f"SGD noise and its bound {where}")
