@@ -103,6 +103,16 @@ class ArmExecutor:
     """The train-metric sums since the last `take_metric_means`, (M,) each."""
     return merge(self.sums)
 
+  def snapshot(self) -> tuple[train.State, train.Metrics]:
+    """(states, metric sums) stacked in buffers the next step will not donate.
+
+    For a checkpoint saved asynchronously while training goes on: merging
+    several chunks makes new arrays; a single chunk is copied.
+    """
+    if len(self.chunks) > 1:
+      return self.states, self.metric_sums
+    return jax.tree.map(jnp.copy, (self.chunks[0], self.sums[0]))
+
   def load(self, states: train.State, sums: train.Metrics) -> None:
     """Replaces the members' states and metric sums (e.g. from a checkpoint)."""
     size = jax.tree.leaves(self.chunks[0])[0].shape[0]

@@ -90,7 +90,8 @@ class _SigtermFlag:
 
 
 def _payload(runs: list[ArmRun]) -> list[dict]:
-  return [{"states": r.executor.states, "sums": r.executor.metric_sums} for r in runs]
+  """What a checkpoint holds of each arm, in buffers that training will not donate."""
+  return [dict(zip(("states", "sums"), r.executor.snapshot())) for r in runs]
 
 
 def _resume(runs: list[ArmRun], manager, workdir: str) -> tuple[int, int] | None:
