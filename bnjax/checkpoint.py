@@ -135,8 +135,7 @@ class Run:
 
   def variables(self, member: int) -> dict[str, Any]:
     """One member's {params, batch_stats}, for `model.apply`."""
-    state = self.member_state(member)
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return train.model_variables(self.member_state(member))
 
   def model(self, member: int) -> nn.Module:
     """The Flax model of the member's arm."""

@@ -77,6 +77,11 @@ def _compiled_init(model: nn.Module, tx: optax.GradientTransformation) -> Callab
   return jax.jit(jax.vmap(lambda seed, lr: init_member(model, tx, seed, lr)))
 
 
+def model_variables(state: State) -> dict[str, Any]:
+  """A member state's {params, batch_stats}, what `model.apply` takes."""
+  return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
 def cross_entropy(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B).mean()
 
@@ -163,8 +168,7 @@ def make_arm_eval(model: nn.Module, batch_size: int
   Uses the running BN statistics; loops over the test set inside the program.
   """
   def member_logits(state: State, images: jax.Array) -> jax.Array:
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    return model.apply(variables, images, train=False)
+    return model.apply(model_variables(state), images, train=False)
 
   @jax.jit
   def arm_eval(states: State, dataset: data.Dataset) -> Metrics:

@@ -25,14 +25,6 @@ def constant_rate(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {**config.train.to_dict(), "lr_boundaries": (), "warmup_steps": 0}
 
 
-def _member_state(model, tx, seed: int, lr: float) -> train.State:
-  return train.init_member(model, tx, seed, lr)
-
-
-def _variables(state: train.State) -> dict[str, Any]:
-  return {"params": state["params"], "batch_stats": state["batch_stats"]}
-
-
 def _use_host_loop(choice: str) -> bool:
   return choice == "host" or (choice == "auto" and jax.default_backend() == "cpu")
 
@@ -53,12 +45,12 @@ def divergence_member(config: ml_collections.ConfigDict, dataset: data.Dataset, 
   else:
     measure = jax.jit(functools.partial(landscape.along_gradient, model, etas=etas,
                                         threshold=a.threshold))
-  state, results = _member_state(model, tx, seed, lr), []
+  state, results = train.init_member(model, tx, seed, lr), []
   for step in range(max(a.minibatches)):
     images, labels = data.train_batch(dataset, config.train.data_seed, step,
                                       config.train.batch_size, config.data.augmentation)
     if step + 1 in a.minibatches:  # minibatch k is update k-1, measured before it
-      found = jax.device_get(measure(_variables(state), images, labels))
+      found = jax.device_get(measure(train.model_variables(state), images, labels))
       results.append({"minibatch": step + 1, "step": step, **found})
       logging.info("divergence lr=%g minibatch %d: loss %.3g, max stable eta %.3g",
                    lr, step + 1, found["loss"], found["max_stable_eta"])
@@ -103,7 +95,7 @@ class NoiseProgram:
 def trained_member(config, program: NoiseProgram, dataset: data.Dataset, lr: float,
                    seed: int) -> train.State:
   """The member after `analysis.train_steps` updates at constant rate `lr`."""
-  state = _member_state(program.model, program.tx, seed, lr)
+  state = train.init_member(program.model, program.tx, seed, lr)
   for step in range(config.analysis.train_steps):
     images, labels = data.train_batch(dataset, config.train.data_seed, step,
                                       config.train.batch_size, config.data.augmentation)
@@ -117,7 +109,7 @@ def noise_member(config, program: NoiseProgram, state: train.State, pool: tuple,
   a, batch = config.analysis, config.train.batch_size
   images, labels = pool
   size = labels.shape[0]
-  variables = _variables(state)
+  variables = train.model_variables(state)
   fixed = program.pool_stats(variables, images)
   grads = jnp.concatenate([program.per_example(fixed, images[i:i + a.chunk], labels[i:i + a.chunk])
                            for i in range(0, size, a.chunk)])
