@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from bnjax import errors, sweep, train, workdir as workdir_lib
+from bnjax.models import resnet
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -134,13 +135,18 @@ class Run:
     return sweep.select(self.states[a], position)
 
   def variables(self, member: int) -> dict[str, Any]:
-    """One member's {params, batch_stats}, for `model.apply`."""
-    return train.model_variables(self.member_state(member))
+    """One member's {params, batch_stats} for `model(member).apply`, one entry per block.
+
+    A model trained with scanned blocks is stored with stacked variables;
+    they come back split per block (`resnet.unscan`), so that layer names
+    (stage2_block05/conv_norm1/...) are the same whichever way it trained.
+    """
+    return resnet.unscan(train.model_variables(self.member_state(member)))
 
   def model(self, member: int) -> nn.Module:
-    """The Flax model of the member's arm."""
+    """The Flax model of the member's arm, with one module per block (see `variables`)."""
     a, _ = self._locate(member)
-    return sweep.build_model(self.arms[a], self.config)
+    return sweep.build_model(self.arms[a], self.config).clone(scan_blocks=False)
 
 
 def available_steps(workdir: str) -> list[int]:

@@ -18,8 +18,12 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults from He et al. (2016) wherever the paper is silent."""
   c = ml_collections.ConfigDict()
   c.job = "train"  # what bnjax.main runs; see bnjax/jobs.py
+  # scan_blocks runs each stage's repeated blocks as one nn.scan: the same
+  # function, compiled several times faster; analyses and `checkpoint.load`
+  # see one entry per block either way (see bnjax/models/resnet.py).
   c.model = ml_collections.ConfigDict(dict(
-      name="resnet", depth=110, norm="batch", shortcut="A", initializer="he_normal"))
+      name="resnet", depth=110, norm="batch", shortcut="A", initializer="he_normal",
+      scan_blocks=True))
   c.data = ml_collections.ConfigDict(dict(
       name="cifar10", data_dir="", download=True, augmentation=True,
       synthetic_seed=0, synthetic_train_size=50_000, synthetic_test_size=10_000,
@@ -72,6 +76,8 @@ def _validate_model(model: dict) -> None:
          f"Unknown shortcut option {model['shortcut']!r}; use 'A' or 'B'.")
   _check(model["initializer"] in layers.INITIALIZERS,
          f"Unknown initializer {model['initializer']!r}; use one of {sorted(layers.INITIALIZERS)}.")
+  _check(isinstance(model.get("scan_blocks", False), bool),
+         f"config.model.scan_blocks must be true or false, got {model.get('scan_blocks')!r}.")
   try:
     resnet.blocks_per_stage(model["depth"])
   except ValueError as e:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnjax import data
+from bnjax import data, models
 
 State = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -58,7 +58,8 @@ def lr_factor(step: int | jax.Array, train_config: Mapping[str, Any]) -> jax.Arr
 def init_member(model: nn.Module, tx: optax.GradientTransformation, seed: int | jax.Array,
                 base_lr: float | jax.Array) -> State:
   """A member's initial state; its variables are a pure function of `seed`."""
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, *data.IMAGE_SHAPE)), train=False)
+  variables = models.init_variables(model, jax.random.key(seed),
+                                    jnp.zeros((1, *data.IMAGE_SHAPE)), train=False)
   params = variables["params"]
   return {"params": params, "batch_stats": variables.get("batch_stats", {}),
           "opt_state": tx.init(params), "base_lr": jnp.asarray(base_lr, jnp.float32),

@@ -15,7 +15,7 @@ import pytest
 
 from bnjax import checkpoint, errors, sweep, train
 
-from conftest import REPO
+from conftest import REPO, tiny_config
 
 NUM_STEPS = 16
 ARGS = ["--config=configs/lr_sweep.py:smoke", f"--config.train.num_steps={NUM_STEPS}",
@@ -152,3 +152,21 @@ def test_example_script_inspects_a_member(uninterrupted):
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"lr=0.3) at step {NUM_STEPS}: test accuracy" in result.stdout
   assert "stem/conv/kernel" in result.stdout
+
+
+def test_loaded_members_of_a_scanned_model_have_one_entry_per_block():
+  config = tiny_config()
+  config.model.depth = 14  # two blocks a stage: the second is scanned
+  assert config.model.scan_blocks
+  arms = sweep.make_arms(config)
+  tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
+  states = [train.init_arm(sweep.build_model(arm, config), tx, arm.seeds, arm.lrs) for arm in arms]
+  run = checkpoint.Run(config=config, members=[], step=0, arms=arms, states=states)
+  member = arms[0].members[0].index
+  variables = run.variables(member)
+  assert "stage2_block01" in variables["params"] and "stage2_blocks" not in variables["params"]
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  trained_as = sweep.build_model(arms[0], config)
+  expected = trained_as.apply(train.model_variables(run.member_state(member)), images)
+  np.testing.assert_allclose(run.model(member).apply(variables, images), expected,
+                             rtol=1e-5, atol=1e-5)

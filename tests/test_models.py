@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax.models import make_model
-from bnjax.models.resnet import CifarResNet
+from bnjax.models import init_variables, make_model
+from bnjax.models.resnet import CifarResNet, stack_blocks, unscan
 
 
 def _param_count(model) -> int:
@@ -15,9 +15,11 @@ def _param_count(model) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
 
 
+@pytest.mark.parametrize("scan_blocks", [False, True])
 @pytest.mark.parametrize("depth, expected", [(20, 269_722), (110, 1_727_962)])
-def test_parameter_counts_match_the_paper(depth, expected):
-  assert _param_count(CifarResNet(depth=depth, norm="batch", shortcut="A")) == expected
+def test_parameter_counts_match_the_paper(depth, expected, scan_blocks):
+  model = CifarResNet(depth=depth, norm="batch", shortcut="A", scan_blocks=scan_blocks)
+  assert _param_count(model) == expected
 
 
 @pytest.mark.parametrize("depth", [32, 44, 56])
@@ -76,3 +78,44 @@ def test_bad_depth_and_unknown_names_are_rejected():
     make_model({"name": "vgg", "depth": 20})
   with pytest.raises(ValueError, match="Unknown norm"):
     _param_count(CifarResNet(depth=8, norm="layer"))
+
+
+@pytest.mark.parametrize("norm, shortcut", [("batch", "A"), ("none", "B")])
+def test_scanned_blocks_compute_the_unrolled_function(norm, shortcut):
+  """unscan(scanned variables) in the unrolled model gives the same logits,
+  BN statistics and recorded layers, under the same names."""
+  scanned = CifarResNet(depth=14, norm=norm, shortcut=shortcut, scan_blocks=True)
+  unrolled = scanned.clone(scan_blocks=False)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  variables = scanned.init(jax.random.key(0), x)
+  assert variables["params"]["stage2_blocks"]["block"]["conv_norm1"]["conv"]["kernel"].shape == (
+      1, 3, 3, 32, 32)
+  per_block = unscan(variables)
+  assert jax.tree.structure(per_block) == jax.tree.structure(
+      jax.eval_shape(unrolled.init, jax.random.key(0), x))
+  mutable = ["batch_stats", "intermediates"]
+  logits_s, state_s = scanned.apply(variables, x, train=True, mutable=mutable)
+  logits_u, state_u = unrolled.apply(per_block, x, train=True, mutable=mutable)
+  np.testing.assert_allclose(logits_s, logits_u, rtol=1e-5, atol=1e-5)
+  flat_s = flax.traverse_util.flatten_dict(unscan(state_s), sep="/")
+  flat_u = flax.traverse_util.flatten_dict(state_u, sep="/")
+  assert flat_s.keys() == flat_u.keys()
+  assert "intermediates/stage3_block01/conv_norm2/conv_out" in flat_u
+  for key in flat_u:
+    np.testing.assert_allclose(flat_s[key][0] if key.startswith("inter") else flat_s[key],
+                               flat_u[key][0] if key.startswith("inter") else flat_u[key],
+                               rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_unscan_leaves_unrolled_trees_alone():
+  variables = jax.eval_shape(CifarResNet(depth=8).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert jax.tree.structure(unscan(variables)) == jax.tree.structure(variables)
+
+
+def test_scanning_blocks_changes_no_initial_value():
+  scanned = CifarResNet(depth=14, scan_blocks=True)
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = init_variables(scanned, jax.random.key(3), x)
+  unrolled = scanned.clone(scan_blocks=False).init(jax.random.key(3), x)
+  jax.tree.map(np.testing.assert_array_equal, unscan(variables), unrolled)
+  assert jax.tree.structure(stack_blocks(unrolled)) == jax.tree.structure(variables)

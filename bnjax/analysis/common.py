@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bnjax import data, sweep, train
-from bnjax.models import make_model
+from bnjax.models import init_variables as init_model_variables, make_model, resnet
 
 Variables = Mapping[str, Any]
 
@@ -35,11 +35,12 @@ def recorded_layers(model: nn.Module, variables: Variables, images_BxHxWxC: jax.
 
   `kind` is one of conv_out, norm_out, branch_out, block_out, logits (see
   bnjax/models/resnet.py). Module names carry their position, so sorting
-  by path gives depth order (stem, stage1_block00, ..., stage3_block17).
+  by path gives depth order (stem, stage1_block00, ..., stage3_block17),
+  for scanned models too (`resnet.unscan`).
   """
   _, state = model.apply(variables, images_BxHxWxC, train=train_mode,
                          mutable=["intermediates", "batch_stats"])
-  flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
+  flat = flax.traverse_util.flatten_dict(resnet.unscan(state["intermediates"]), sep="/")
   found = [(path.rsplit("/", 1)[0] if "/" in path else "", values[0])
            for path, values in flat.items() if path.rsplit("/", 1)[-1] == kind]
   return sorted(found, key=lambda item: _depth_key(item[0]))
@@ -61,16 +62,18 @@ def arm_models(config: ml_collections.ConfigDict) -> list[tuple[sweep.Arm, nn.Mo
 
 def init_variables(model: nn.Module, seed: int) -> dict[str, Any]:
   """A member's variables at initialisation ({params, batch_stats})."""
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, *data.IMAGE_SHAPE)), train=False)
+  variables = init_model_variables(model, jax.random.key(seed), jnp.zeros((1, *data.IMAGE_SHAPE)),
+                                   train=False)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def conv_kernels(params: Variables) -> list[tuple[str, jax.Array]]:
   """[(module path, kernel)] of every convolution, in depth order (layers 1..L-1).
 
-  Works on parameters and on gradients alike (any pytree shaped like params).
+  Works on parameters and on gradients alike (any pytree shaped like params),
+  scanned or not.
   """
-  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  flat = flax.traverse_util.flatten_dict(resnet.unscan(params), sep="/")
   found = [(path.rsplit("/", 2)[0], value) for path, value in flat.items()
            if path.endswith("conv/kernel")]
   return sorted(found, key=lambda item: _depth_key(item[0]))

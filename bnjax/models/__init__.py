@@ -1,5 +1,5 @@
 """Model definitions, built from a config by name."""
 
-from bnjax.models.registry import MODELS, make_model
+from bnjax.models.registry import MODELS, init_variables, make_model
 
-__all__ = ["MODELS", "make_model"]
+__all__ = ["MODELS", "init_variables", "make_model"]

@@ -4,8 +4,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from bnjax.models import resnet
 from bnjax.models.resnet import CifarResNet
 
 MODELS = {"resnet": CifarResNet}
@@ -27,3 +29,16 @@ def make_model(model_config: Mapping[str, Any], num_classes: int = 10,
   if dtype not in DTYPES:
     raise ValueError(f"Unknown compute dtype {dtype!r}; use one of {sorted(DTYPES)}.")
   return MODELS[name](num_classes=num_classes, dtype=DTYPES[dtype], **fields)
+
+
+def init_variables(model: nn.Module, key: jax.Array, inputs: jax.Array, **kwargs: Any) -> Any:
+  """`model.init(key, inputs, **kwargs)`, the same numbers whether blocks are scanned or not.
+
+  `nn.scan` would draw the repeated blocks' parameters from split keys. A
+  scanned ResNet is instead initialised as its unrolled twin and stacked
+  (`resnet.stack_blocks`), so that `scan_blocks` changes how a member is
+  compiled, never where it starts.
+  """
+  if getattr(model, "scan_blocks", False):
+    return resnet.stack_blocks(model.clone(scan_blocks=False).init(key, inputs, **kwargs))
+  return model.init(key, inputs, **kwargs)
