@@ -7,13 +7,16 @@ COLUMNS = (  # (header, width, format of the record's value)
     ("depth", 5, "{depth}"),
     ("M", 3, "{members}"),
     ("executor", 18, "{executor_label}"),
+    ("scan", 4, "{scan_text}"),
     ("dtype", 8, "{dtype}"),
     ("img/s", 9, "{images_per_s:.1f}"),
+    ("±%", 4, "{spread_pct}"),
     ("img/s/mem", 9, "{images_per_s_per_member:.1f}"),
     ("step ms", 9, "{step_ms:.1f}"),
     ("compile s", 9, "{compile_time_s:.1f}"),
     ("peak MiB", 9, "{peak_mib}"),
     ("input %", 7, "{input_pct}"),
+    ("vs best", 7, "{vs_best_text}"),
     ("vs torch", 8, "{vs_torch_text}"),
 )
 
@@ -31,18 +34,25 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
   peak_mib = "-" if peak is None else f"{peak / 2**20:.0f}"
   if peak is not None and record.get("peak_memory_source") == "process max RSS":
     peak_mib += "*"
-  share = record.get("input_share")
-  ratio = record.get("vs_torch")
+  scan = record.get("scan_blocks")
   return {**record, "executor_label": executor, "step_ms": 1e3 * record["step_time_s"],
-          "peak_mib": peak_mib, "input_pct": "-" if share is None else f"{100 * share:.0f}",
-          "vs_torch_text": "-" if ratio is None else f"{ratio:.2f}x"}
+          "peak_mib": peak_mib, "scan_text": "-" if scan is None else ("yes" if scan else "no"),
+          "spread_pct": _maybe(record.get("spread"), "{:.0f}", 100),
+          "input_pct": _maybe(record.get("input_share"), "{:.0f}", 100),
+          "vs_best_text": _maybe(record.get("vs_best"), "{:.2f}x"),
+          "vs_torch_text": _maybe(record.get("vs_torch"), "{:.2f}x")}
+
+
+def _maybe(value: float | None, fmt: str, scale: float = 1.0) -> str:
+  return "-" if value is None else fmt.format(scale * value)
 
 
 def row(record: dict[str, Any]) -> str:
   """One line of the table for a throughput record."""
   if record.get("mode") == "compile_only":
-    return (f"{record['framework']:>9} {record['depth']:>5} {record['members']:>3} vmap"
-            f" {record['dtype']}: lower {record['lower_time_s']:.1f} s,"
+    scan = "scanned blocks" if record.get("scan_blocks") else "unrolled blocks"
+    return (f"ResNet-{record['depth']} M={record['members']} {record['dtype']} vmapped step,"
+            f" {scan}: trace+lower {record['lower_time_s']:.1f} s,"
             f" compile {record['compile_time_s']:.1f} s")
   fields = _fields(record)
   return " ".join(f"{fmt.format(**fields):>{width}}" for _, width, fmt in COLUMNS)
@@ -61,6 +71,22 @@ def table(results: dict[str, Any]) -> str:
     lines += [header(), "-" * len(header())]
   lines += [row(r) for r in records]
   notes = sorted({r["note"] for r in records if r.get("note")})
+  notes += auto_summary(records)
   if any(r.get("peak_memory_source") == "process max RSS" for r in records):
     notes.append("peak MiB marked * is the process's max RSS (no device memory stats here).")
   return "\n".join(lines + [f"note: {n}" for n in notes])
+
+
+def auto_summary(records: list[dict[str, Any]]) -> list[str]:
+  """One line per `auto` record: what it chose and how close it came to the best."""
+  lines = []
+  for r in records:
+    if r.get("executor") == "auto" and "vs_best" in r:
+      group = [o for o in records if o.get("framework") == "bnjax" and o["executor"] != "auto"
+               and all(o.get(k) == r.get(k) for k in ("depth", "members", "dtype", "scan_blocks"))]
+      best = max(group, key=lambda o: o["images_per_s"])
+      scan = ", scanned blocks" if r.get("scan_blocks") else ""
+      lines.append(
+          f"ResNet-{r['depth']} M={r['members']} {r['dtype']}{scan}: auto -> {r['resolved_executor']}"
+          f" ran at {100 * r['vs_best']:.0f}% of the best executor ({best['executor']}).")
+  return lines

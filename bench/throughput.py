@@ -20,10 +20,12 @@ measurement) and to a table on stdout; docs/performance.md explains them.
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from typing import Any
@@ -46,10 +48,12 @@ class Settings:
   members: tuple[int, ...] = (1, 4, 8)
   executors: tuple[str, ...] = ("vmap", "sequential", "chunked", "auto")
   dtypes: tuple[str, ...] = ("float32",)
+  scan_blocks: tuple[bool, ...] = (True,)
   norm: str = "batch"
   batch: int = 128
   steps: int = 5
   warmup: int = 2
+  repeats: int = 3
   chunk_size: int = 4
   train_size: int = 50_000
   augmentation: bool = True
@@ -75,6 +79,10 @@ def _bool(text: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _bools(text: str) -> tuple[bool, ...]:
+  return tuple(_bool(x) for x in _strs(text))
+
+
 def parse_args(argv: list[str]) -> Settings:
   """Settings from command-line flags (`--flag=value`; booleans take true/false)."""
   d = Settings()
@@ -83,9 +91,13 @@ def parse_args(argv: list[str]) -> Settings:
   p.add_argument("--members", type=_ints, default=d.members, help="members M per arm, comma-separated")
   p.add_argument("--executors", type=_strs, default=d.executors, help=f"of {executor_lib.EXECUTORS}")
   p.add_argument("--dtypes", type=_strs, default=d.dtypes, help="compute dtypes: float32, bfloat16")
+  p.add_argument("--scan_blocks", type=_bools, default=d.scan_blocks,
+                 help="run each stage's repeated blocks as one nn.scan: true, false or both")
   p.add_argument("--norm", default=d.norm, help="batch or none")
   p.add_argument("--batch", type=int, default=d.batch, help="images per step (shared by all members)")
   p.add_argument("--steps", type=int, default=d.steps, help="timed steps")
+  p.add_argument("--repeats", type=int, default=d.repeats,
+                 help="interleaved timing rounds of --steps steps; the median round counts")
   p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps after the first (compiling) one")
   p.add_argument("--chunk_size", type=int, default=d.chunk_size, help="members per call of the chunked executor")
   p.add_argument("--train_size", type=int, default=d.train_size, help="synthetic training images on the device")
@@ -108,8 +120,8 @@ def _validate(s: Settings) -> None:
   for name in s.dtypes:
     if name not in DTYPES:
       raise SystemExit(f"Unknown dtype {name!r}; use some of {sorted(DTYPES)}.")
-  if min(s.members) < 1 or s.batch < 1 or s.steps < 1 or s.warmup < 0:
-    raise SystemExit("--members, --batch and --steps must be >= 1 and --warmup >= 0.")
+  if min(s.members) < 1 or s.batch < 1 or s.steps < 1 or s.repeats < 1 or s.warmup < 0:
+    raise SystemExit("--members, --batch, --steps and --repeats must be >= 1 and --warmup >= 0.")
   if s.train_size < s.batch:
     raise SystemExit("--train_size must be at least --batch.")
 
@@ -148,8 +160,8 @@ def train_config(s: Settings) -> dict[str, Any]:
   return config
 
 
-def make_model(depth: int, norm: str, dtype: str) -> CifarResNet:
-  return CifarResNet(depth=depth, norm=norm, dtype=DTYPES[dtype])
+def make_model(depth: int, norm: str, dtype: str, scan_blocks: bool = True) -> CifarResNet:
+  return CifarResNet(depth=depth, norm=norm, dtype=DTYPES[dtype], scan_blocks=scan_blocks)
 
 
 @functools.cache
@@ -184,10 +196,20 @@ def time_input(dataset: data.Dataset, s: Settings, calls_per_step: int) -> float
   return (time.perf_counter() - start) / s.steps
 
 
-def measure_bnjax(dataset: data.Dataset, depth: int, members: int, executor: str,
-                  dtype: str, s: Settings) -> dict[str, Any]:
-  """Times one arm of `members` members trained with `executor`."""
-  model = make_model(depth, s.norm, dtype)
+@dataclasses.dataclass
+class Contender:
+  """One executor's arm, compiled and warmed up, and its timed rounds."""
+
+  executor: str
+  arm: executor_lib.ArmExecutor
+  size: int
+  first_step_s: float
+  round_step_s: list[float] = dataclasses.field(default_factory=list)
+
+
+def prepare(dataset: data.Dataset, model: CifarResNet, members: int, executor: str,
+            s: Settings) -> Contender:
+  """Builds the arm as `bnjax.loop` does, runs the compiling step and the warm-up."""
   tx = optimizer()
   states = train.init_arm(model, tx, tuple(range(members)), jnp.full((members,), 0.1))
   size = executor_lib.chunk_size(executor, members, s.chunk_size)
@@ -195,7 +217,6 @@ def measure_bnjax(dataset: data.Dataset, depth: int, members: int, executor: str
       train.make_arm_step(model, tx, train_config(s), s.augmentation),
       train.make_arm_eval(model, s.batch), states, size)
   _block(arm.chunks)
-
   start = time.perf_counter()  # the first step compiles (every chunk shape)
   arm.step(dataset, jnp.asarray(0, jnp.int32))
   _block(arm.chunks, arm.sums)
@@ -203,37 +224,79 @@ def measure_bnjax(dataset: data.Dataset, depth: int, members: int, executor: str
   for t in range(1, 1 + s.warmup):
     arm.step(dataset, jnp.asarray(t, jnp.int32))
   _block(arm.chunks, arm.sums)
+  return Contender(executor, arm, size, first_s)
 
+
+def time_steps(contender: Contender, dataset: data.Dataset, first: int, steps: int) -> float:
+  """Seconds per step over `steps` steps, blocking only at the end (as training does)."""
+  arm = contender.arm
   start = time.perf_counter()
-  for t in range(1 + s.warmup, 1 + s.warmup + s.steps):
-    arm.step(dataset, jnp.asarray(t, jnp.int32))  # as bnjax.loop does
+  for t in range(first, first + steps):
+    arm.step(dataset, jnp.asarray(t, jnp.int32))
   _block(arm.chunks, arm.sums)
-  step_s = (time.perf_counter() - start) / s.steps
+  return (time.perf_counter() - start) / steps
 
-  input_s = time_input(dataset, s, len(arm.chunks))
+
+def measure_group(dataset: data.Dataset, depth: int, members: int, dtype: str, scan: bool,
+                  s: Settings) -> list[dict[str, Any]]:
+  """Times every executor on one arm of `members` members, in interleaved rounds.
+
+  Each of `--repeats` rounds times `--steps` steps of every executor in
+  turn, so a slow spell of the machine hits all of them alike; a record's
+  step time is the median of its rounds and `spread` their (max - min) /
+  median.
+  """
+  model = make_model(depth, s.norm, dtype, scan)
+  contenders = [prepare(dataset, model, members, ex, s) for ex in s.executors]
+  first = 1 + s.warmup
+  for _ in range(s.repeats):
+    for contender in contenders:
+      contender.round_step_s.append(time_steps(contender, dataset, first, s.steps))
+    first += s.steps
+  records = [_record(c, depth, members, dtype, scan, dataset, s) for c in contenders]
+  _compare_executors(records)
+  return records
+
+
+def _record(c: Contender, depth: int, members: int, dtype: str, scan: bool,
+            dataset: data.Dataset, s: Settings) -> dict[str, Any]:
+  step_s = statistics.median(c.round_step_s)
+  input_s = time_input(dataset, s, len(c.arm.chunks))
   memory, source = peak_memory()
-  resolved = executor
-  if executor == "auto":
-    resolved = "sequential" if jax.default_backend() == "cpu" else "vmap"  # as chunk_size does
   return {
       "framework": "bnjax", "depth": depth, "norm": s.norm, "members": members,
-      "executor": executor, "resolved_executor": resolved, "members_per_call": size,
-      "calls_per_step": len(arm.chunks), "dtype": dtype, "batch": s.batch,
-      "warmup_steps": s.warmup, "timed_steps": s.steps, "step_time_s": step_s,
+      "executor": c.executor, "resolved_executor": executor_lib.resolve(c.executor),
+      "members_per_call": c.size, "calls_per_step": len(c.arm.chunks), "dtype": dtype,
+      "scan_blocks": scan, "batch": s.batch, "warmup_steps": s.warmup, "timed_steps": s.steps,
+      "repeats": s.repeats, "round_step_time_s": c.round_step_s, "step_time_s": step_s,
+      "spread": (max(c.round_step_s) - min(c.round_step_s)) / step_s,
       "images_per_s": members * s.batch / step_s, "images_per_s_per_member": s.batch / step_s,
-      "compile_time_s": max(first_s - step_s, 0.0), "first_step_s": first_s,
+      "compile_time_s": max(c.first_step_s - step_s, 0.0), "first_step_s": c.first_step_s,
       "peak_memory_bytes": memory, "peak_memory_source": source,
       "input_time_s": input_s, "input_share": input_s / step_s,
   }
 
 
+def _compare_executors(records: list[dict[str, Any]]) -> None:
+  """Adds `vs_best`: img/s over the best img/s of the named executors in the group.
+
+  For `auto` this is how close its choice came to the best executor
+  measured; `auto` itself is not a candidate for the best.
+  """
+  named = [r["images_per_s"] for r in records if r["executor"] != "auto"]
+  if not named:
+    return
+  for record in records:
+    record["vs_best"] = record["images_per_s"] / max(named)
+
+
 def measure_torch(depth: int, members: int, dtype: str, s: Settings) -> dict[str, Any]:
   """The PyTorch baseline record for (depth, M, dtype), measured in its own process."""
   result = torch_baseline.measure_in_subprocess(depth, s.norm, members, dtype, s.batch,
-                                                s.warmup, s.steps, s.torch_compile)
+                                                s.warmup, s.steps, s.torch_compile, s.repeats)
   memory, source = result.pop("peak_memory")
   return {"depth": depth, "norm": s.norm, "members": members, "executor": "one after another",
-          "dtype": dtype, "batch": s.batch, "timed_steps": s.steps,
+          "dtype": dtype, "batch": s.batch, "timed_steps": s.steps, "repeats": s.repeats,
           "peak_memory_bytes": memory, "peak_memory_source": source, **result}
 
 
@@ -249,19 +312,19 @@ def run(s: Settings) -> dict[str, Any]:
       print("torch is not installed (pip install -e .[bench]); skipping the PyTorch baseline.")
     dataset = data.synthetic(0, s.train_size, s.batch)
     print(report.header(), flush=True)
-    for depth in s.depths:
-      for dtype in s.dtypes:
-        for members in s.members:
-          group = [measure_bnjax(dataset, depth, members, ex, dtype, s) for ex in s.executors]
-          for record in group:
-            print(report.row(record), flush=True)
-          if use_torch:
-            baseline = measure_torch(depth, members, dtype, s)
-            print(report.row(baseline), flush=True)
-            for record in group:
-              record["vs_torch"] = record["images_per_s"] / baseline["images_per_s"]
-            group.append(baseline)
-          records.extend(group)
+    for depth, dtype, members in itertools.product(s.depths, s.dtypes, s.members):
+      group = []
+      for scan in s.scan_blocks:
+        group += measure_group(dataset, depth, members, dtype, scan, s)
+      for record in group:
+        print(report.row(record), flush=True)
+      if use_torch:
+        baseline = measure_torch(depth, members, dtype, s)
+        print(report.row(baseline), flush=True)
+        for record in group:
+          record["vs_torch"] = record["images_per_s"] / baseline["images_per_s"]
+        group.append(baseline)
+      records.extend(group)
     if use_torch:
       import torch
       results["device"]["torch_version"] = torch.__version__
@@ -278,26 +341,22 @@ def compile_times(s: Settings) -> list[dict[str, Any]]:
       data.Split(shape((s.train_size, *data.IMAGE_SHAPE), jnp.uint8), shape((s.train_size,), jnp.int32)),
       data.Split(shape((s.batch, *data.IMAGE_SHAPE), jnp.uint8), shape((s.batch,), jnp.int32)),
       shape((3,), jnp.float32), shape((3,), jnp.float32))
-  for depth in s.depths:
-    for dtype in s.dtypes:
-      for members in s.members:
-        model = make_model(depth, s.norm, dtype)
-        tx = optimizer()
-        states = jax.eval_shape(lambda: train.init_arm(model, tx, tuple(range(members)),
-                                                        jnp.full((members,), 0.1)))
-        step_fn = train.make_arm_step(model, tx, train_config(s), s.augmentation)
-        start = time.perf_counter()
-        lowered = step_fn.lower(states, train.zero_metrics(members), dataset,
-                                shape((), jnp.int32))
-        lower_s = time.perf_counter() - start
-        lowered.compile()
-        compile_s = time.perf_counter() - start - lower_s
-        record = {"framework": "bnjax", "mode": "compile_only", "depth": depth, "norm": s.norm,
-                  "members": members, "executor": "vmap", "dtype": dtype, "batch": s.batch,
-                  "lower_time_s": lower_s, "compile_time_s": compile_s}
-        print(f"ResNet-{depth} M={members} {dtype} vmapped step: trace+lower {lower_s:.1f} s,"
-              f" compile {compile_s:.1f} s", flush=True)
-        records.append(record)
+  for depth, dtype, members, scan in itertools.product(s.depths, s.dtypes, s.members, s.scan_blocks):
+    model = make_model(depth, s.norm, dtype, scan)
+    tx = optimizer()
+    states = jax.eval_shape(lambda: train.init_arm(model, tx, tuple(range(members)),
+                                                    jnp.full((members,), 0.1)))
+    step_fn = train.make_arm_step(model, tx, train_config(s), s.augmentation)
+    start = time.perf_counter()
+    lowered = step_fn.lower(states, train.zero_metrics(members), dataset, shape((), jnp.int32))
+    lower_s = time.perf_counter() - start
+    lowered.compile()
+    compile_s = time.perf_counter() - start - lower_s
+    record = {"framework": "bnjax", "mode": "compile_only", "depth": depth, "norm": s.norm,
+              "members": members, "executor": "vmap", "dtype": dtype, "scan_blocks": scan,
+              "batch": s.batch, "lower_time_s": lower_s, "compile_time_s": compile_s}
+    print(report.row(record), flush=True)
+    records.append(record)
   return records
 
 

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -93,11 +94,24 @@ def _first_calls(members: list, images: Any, labels: Any, dtype: str, device: st
   return steps, False, note, time.perf_counter() - start
 
 
-def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
-            warmup: int, steps: int, use_compile: bool = True) -> dict[str, Any]:
-  """Times `steps` steps of each of M members run one after another.
+def _time_round(step_fns: list, images: Any, labels: Any, steps: int, device: str) -> float:
+  """Seconds per step of all members, run one after another for `steps` steps each."""
+  start = time.perf_counter()
+  for step in step_fns:
+    for _ in range(steps):
+      loss = step(images, labels)
+  loss.item()
+  _synchronize(device)
+  return (time.perf_counter() - start) / steps
 
-  images/s is aggregated over members: M * batch * steps / total time.
+
+def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
+            warmup: int, steps: int, use_compile: bool = True, repeats: int = 1
+            ) -> dict[str, Any]:
+  """Times `steps` steps of each of M members run one after another, `repeats` times.
+
+  A step is one step of every member; its time is the median over the
+  rounds, and images/s is aggregated over members: M * batch / step time.
   """
   import torch
   device = _device()
@@ -117,20 +131,16 @@ def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
       step(images, labels)
   _synchronize(device)
   first_s += time.perf_counter() - start  # compiling may go on for a few calls
-  start = time.perf_counter()
-  for step in step_fns:  # one member after another, each for all its steps
-    for _ in range(steps):
-      loss = step(images, labels)
-  loss.item()
-  _synchronize(device)
-  total = time.perf_counter() - start
-  step_time = total / steps  # the time for one step of every member
+  round_step_s = [_time_round(step_fns, images, labels, steps, device) for _ in range(repeats)]
+  step_time = statistics.median(round_step_s)  # the time for one step of every member
   peak = None
   if device == "cuda":
     peak = (torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated")
   return {
       "framework": "torch", "torch_version": torch.__version__, "device": device,
-      "compiled": compiled, "note": note, "warmup_steps": warmup, "step_time_s": step_time,
+      "compiled": compiled, "note": note, "warmup_steps": warmup,
+      "round_step_time_s": round_step_s, "step_time_s": step_time,
+      "spread": (max(round_step_s) - min(round_step_s)) / step_time,
       "images_per_s": num_members * batch / step_time,
       "images_per_s_per_member": batch / step_time,
       # the first and warm-up calls of all M members minus as many steady steps
@@ -140,14 +150,16 @@ def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
 
 
 def measure_in_subprocess(depth: int, norm: str, num_members: int, dtype: str, batch: int,
-                          warmup: int, steps: int, use_compile: bool = True) -> dict[str, Any]:
+                          warmup: int, steps: int, use_compile: bool = True,
+                          repeats: int = 1) -> dict[str, Any]:
   """`measure` in a fresh Python process, and its record.
 
   A process of its own keeps torch's threads from competing with the thread
   pools of the JAX runtime that measured bnjax, and makes the reported peak
   memory (max RSS on CPU) the baseline's alone.
   """
-  args = json.dumps([depth, norm, num_members, dtype, batch, warmup, steps, use_compile])
+  args = json.dumps([depth, norm, num_members, dtype, batch, warmup, steps, use_compile,
+                     repeats])
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run([sys.executable, "-m", "bench.torch_baseline", args], cwd=root,
                         capture_output=True, text=True, check=False)

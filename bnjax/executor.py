@@ -29,12 +29,18 @@ from bnjax import data, errors, train
 EXECUTORS = ("auto", "vmap", "sequential", "chunked")
 
 
-def chunk_size(executor: str, num_members: int, chunk: int, backend: str | None = None) -> int:
-  """Members per compiled call for `executor` on `backend` (default: JAX's)."""
+def resolve(executor: str, backend: str | None = None) -> str:
+  """The executor that `executor` stands for on `backend` (default: JAX's)."""
   if executor not in EXECUTORS:
     raise errors.ConfigError(f"Unknown executor {executor!r}; use one of {list(EXECUTORS)}.")
   if executor == "auto":
-    executor = "sequential" if (backend or jax.default_backend()) == "cpu" else "vmap"
+    return "sequential" if (backend or jax.default_backend()) == "cpu" else "vmap"
+  return executor
+
+
+def chunk_size(executor: str, num_members: int, chunk: int, backend: str | None = None) -> int:
+  """Members per compiled call for `executor` on `backend` (default: JAX's)."""
+  executor = resolve(executor, backend)
   if executor == "vmap":
     return num_members
   if executor == "sequential":

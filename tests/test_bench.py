@@ -11,30 +11,39 @@ from bench import throughput
 RECORD_FIELDS = {
     "framework", "depth", "members", "executor", "resolved_executor", "dtype", "batch",
     "step_time_s", "images_per_s", "images_per_s_per_member", "compile_time_s",
-    "peak_memory_bytes", "peak_memory_source", "input_time_s", "input_share"}
+    "peak_memory_bytes", "peak_memory_source", "input_time_s", "input_share",
+    "scan_blocks", "repeats", "round_step_time_s", "spread", "vs_best"}
 
 
-def test_benchmark_writes_json(tmp_path):
+def test_benchmark_writes_json(tmp_path, capsys):
   out = tmp_path / "results.json"
-  throughput.main(["--depths=8", "--members=2", "--executors=sequential", "--batch=4",
-                   "--steps=2", "--warmup=0", "--train_size=64", "--torch=false",
-                   f"--out={out}"])
+  throughput.main(["--depths=8", "--members=2", "--executors=sequential,auto", "--batch=4",
+                   "--steps=1", "--repeats=3", "--warmup=0", "--train_size=64",
+                   "--torch=false", f"--out={out}"])
   results = json.loads(out.read_text())
   assert {"device_kind", "backend", "cpu_count"} <= set(results["device"])
-  (record,) = results["records"]
-  assert RECORD_FIELDS <= set(record)
-  assert record["members"] == 2 and record["calls_per_step"] == 2
-  assert record["images_per_s"] == pytest.approx(2 * record["images_per_s_per_member"])
-  assert record["step_time_s"] > 0 and record["peak_memory_bytes"] > 0
-  assert 0 < record["input_share"]
+  sequential, auto = results["records"]
+  for record in (sequential, auto):
+    assert RECORD_FIELDS <= set(record)
+    assert record["members"] == 2 and record["calls_per_step"] == 2
+    assert len(record["round_step_time_s"]) == 3
+    assert record["step_time_s"] == sorted(record["round_step_time_s"])[1]
+    assert record["images_per_s"] == pytest.approx(2 * record["images_per_s_per_member"])
+    assert record["step_time_s"] > 0 and record["peak_memory_bytes"] > 0
+    assert 0 < record["input_share"]
+  assert sequential["vs_best"] == 1.0 and auto["resolved_executor"] == "sequential"
+  assert auto["vs_best"] == pytest.approx(auto["images_per_s"] / sequential["images_per_s"])
+  assert "auto -> sequential ran at" in capsys.readouterr().out
 
 
 def test_compile_only(tmp_path):
   out = tmp_path / "compile.json"
-  throughput.main(["--compile_only", "--depths=8", "--members=1", "--batch=4",
-                   "--train_size=64", f"--out={out}"])
-  (record,) = json.loads(out.read_text())["records"]
-  assert record["mode"] == "compile_only" and record["compile_time_s"] > 0
+  throughput.main(["--compile_only", "--depths=14", "--members=1", "--batch=4",
+                   "--scan_blocks=false,true", "--train_size=64", f"--out={out}"])
+  unrolled, scanned = json.loads(out.read_text())["records"]
+  assert unrolled["scan_blocks"] is False and scanned["scan_blocks"] is True
+  for record in (unrolled, scanned):
+    assert record["mode"] == "compile_only" and record["compile_time_s"] > 0
 
 
 def test_bad_executor_is_one_sentence():
