@@ -48,7 +48,7 @@ class Settings:
   members: tuple[int, ...] = (1, 4, 8)
   executors: tuple[str, ...] = ("vmap", "sequential", "chunked", "auto")
   dtypes: tuple[str, ...] = ("float32",)
-  scan_blocks: tuple[bool, ...] = (True,)
+  scan_blocks: tuple[bool, ...] = (False,)
   norm: str = "batch"
   batch: int = 128
   steps: int = 5
@@ -160,7 +160,7 @@ def train_config(s: Settings) -> dict[str, Any]:
   return config
 
 
-def make_model(depth: int, norm: str, dtype: str, scan_blocks: bool = True) -> CifarResNet:
+def make_model(depth: int, norm: str, dtype: str, scan_blocks: bool = False) -> CifarResNet:
   return CifarResNet(depth=depth, norm=norm, dtype=DTYPES[dtype], scan_blocks=scan_blocks)
 
 

@@ -19,11 +19,12 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.job = "train"  # what bnjax.main runs; see bnjax/jobs.py
   # scan_blocks runs each stage's repeated blocks as one nn.scan: the same
-  # function, compiled several times faster; analyses and `checkpoint.load`
-  # see one entry per block either way (see bnjax/models/resnet.py).
+  # function and initial values, a ResNet-110 step compiled ~3x faster, but
+  # on XLA:CPU each step runs ~10x slower (docs/performance.md); analyses
+  # and `checkpoint.load` see one entry per block either way.
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", depth=110, norm="batch", shortcut="A", initializer="he_normal",
-      scan_blocks=True))
+      scan_blocks=False))
   c.data = ml_collections.ConfigDict(dict(
       name="cifar10", data_dir="", download=True, augmentation=True,
       synthetic_seed=0, synthetic_train_size=50_000, synthetic_test_size=10_000,

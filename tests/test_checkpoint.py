@@ -156,8 +156,7 @@ def test_example_script_inspects_a_member(uninterrupted):
 
 def test_loaded_members_of_a_scanned_model_have_one_entry_per_block():
   config = tiny_config()
-  config.model.depth = 14  # two blocks a stage: the second is scanned
-  assert config.model.scan_blocks
+  config.model.update(depth=14, scan_blocks=True)  # two blocks a stage: the second is scanned
   arms = sweep.make_arms(config)
   tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
   states = [train.init_arm(sweep.build_model(arm, config), tx, arm.seeds, arm.lrs) for arm in arms]
