@@ -1,5 +1,13 @@
-"""Readable text for benchmark records: one row per measurement, and the table."""
+"""Readable text for benchmark records: one row per measurement, and the table.
 
+    python -m bench.report bench/results/cpu_resnet20.json ...
+
+prints the records of saved results as Markdown tables, the form
+docs/performance.md quotes them in.
+"""
+
+import json
+import sys
 from typing import Any
 
 COLUMNS = (  # (header, width, format of the record's value)
@@ -47,6 +55,32 @@ def _maybe(value: float | None, fmt: str, scale: float = 1.0) -> str:
   return "-" if value is None else fmt.format(scale * value)
 
 
+def markdown_row(record: dict[str, Any]) -> str:
+  """One Markdown table line for a throughput or compile-only record."""
+  if record.get("mode") == "compile_only":
+    scan = "scanned" if record.get("scan_blocks") else "unrolled"
+    return (f"| ResNet-{record['depth']} | {record['members']} | {scan} | {record['dtype']} |"
+            f" {record['lower_time_s']:.1f} | {record['compile_time_s']:.1f} |"
+            f" {record['lower_time_s'] + record['compile_time_s']:.1f} |")
+  fields = _fields(record)
+  return "| " + " | ".join(fmt.format(**fields).strip() for _, _, fmt in COLUMNS) + " |"
+
+
+def markdown(results: dict[str, Any]) -> str:
+  """The device line and a Markdown table of every record, plus the notes."""
+  d = results["device"]
+  records = results["records"]
+  lines = [f"{d['device_kind']} ({d['backend']}, {d['cpu_count']} CPUs, jax {d['jax_version']}"
+           + (f", torch {d['torch_version']}" if "torch_version" in d else "") + ")", ""]
+  if records and records[0].get("mode") == "compile_only":
+    names = ["model", "M", "blocks", "dtype", "trace+lower s", "compile s", "total s"]
+  else:
+    names = [name for name, _, _ in COLUMNS]
+  lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+  lines += [markdown_row(r) for r in records]
+  return "\n".join(lines + [""] + [f"- {n}" for n in notes(records)])
+
+
 def row(record: dict[str, Any]) -> str:
   """One line of the table for a throughput record."""
   if record.get("mode") == "compile_only":
@@ -70,11 +104,16 @@ def table(results: dict[str, Any]) -> str:
   if records and records[0].get("mode") != "compile_only":
     lines += [header(), "-" * len(header())]
   lines += [row(r) for r in records]
-  notes = sorted({r["note"] for r in records if r.get("note")})
-  notes += auto_summary(records)
+  return "\n".join(lines + [f"note: {n}" for n in notes(records)])
+
+
+def notes(records: list[dict[str, Any]]) -> list[str]:
+  """The footnotes a table of these records needs."""
+  found = sorted({r["note"] for r in records if r.get("note")})
+  found += auto_summary(records)
   if any(r.get("peak_memory_source") == "process max RSS" for r in records):
-    notes.append("peak MiB marked * is the process's max RSS (no device memory stats here).")
-  return "\n".join(lines + [f"note: {n}" for n in notes])
+    found.append("peak MiB marked * is the process's max RSS (no device memory stats here).")
+  return found
 
 
 def auto_summary(records: list[dict[str, Any]]) -> list[str]:
@@ -86,7 +125,21 @@ def auto_summary(records: list[dict[str, Any]]) -> list[str]:
                and all(o.get(k) == r.get(k) for k in ("depth", "members", "dtype", "scan_blocks"))]
       best = max(group, key=lambda o: o["images_per_s"])
       scan = ", scanned blocks" if r.get("scan_blocks") else ""
-      lines.append(
-          f"ResNet-{r['depth']} M={r['members']} {r['dtype']}{scan}: auto -> {r['resolved_executor']}"
-          f" ran at {100 * r['vs_best']:.0f}% of the best executor ({best['executor']}).")
+      line = (f"ResNet-{r['depth']} M={r['members']} {r['dtype']}{scan}: auto ->"
+              f" {r['resolved_executor']} ran at {100 * r['vs_best']:.0f}% of the best"
+              f" executor ({best['executor']})")
+      if "choice_vs_best" in r:
+        line += (f"; its choice's own row ran at {100 * r['choice_vs_best']:.0f}%"
+                 " (the same program: the gap between the two is timing noise)")
+      lines.append(line + ".")
   return lines
+
+
+def main(paths: list[str]) -> None:
+  for path in paths:
+    with open(path) as f:
+      print(f"{path}:\n\n{markdown(json.load(f))}\n")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

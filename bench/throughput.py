@@ -280,14 +280,19 @@ def _record(c: Contender, depth: int, members: int, dtype: str, scan: bool,
 def _compare_executors(records: list[dict[str, Any]]) -> None:
   """Adds `vs_best`: img/s over the best img/s of the named executors in the group.
 
-  For `auto` this is how close its choice came to the best executor
-  measured; `auto` itself is not a candidate for the best.
+  `auto` itself is not a candidate for the best. When the executor `auto`
+  chose was measured too, `auto`'s record also gets `choice_vs_best`, that
+  executor's own `vs_best`: the two rows run the same program, so any gap
+  between them is timing noise.
   """
-  named = [r["images_per_s"] for r in records if r["executor"] != "auto"]
+  named = {r["executor"]: r["images_per_s"] for r in records if r["executor"] != "auto"}
   if not named:
     return
+  best = max(named.values())
   for record in records:
-    record["vs_best"] = record["images_per_s"] / max(named)
+    record["vs_best"] = record["images_per_s"] / best
+    if record["executor"] == "auto" and record["resolved_executor"] in named:
+      record["choice_vs_best"] = named[record["resolved_executor"]] / best
 
 
 def measure_torch(depth: int, members: int, dtype: str, s: Settings) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bench import throughput
+from bench import report, throughput
 
 RECORD_FIELDS = {
     "framework", "depth", "members", "executor", "resolved_executor", "dtype", "batch",
@@ -33,7 +33,10 @@ def test_benchmark_writes_json(tmp_path, capsys):
     assert 0 < record["input_share"]
   assert sequential["vs_best"] == 1.0 and auto["resolved_executor"] == "sequential"
   assert auto["vs_best"] == pytest.approx(auto["images_per_s"] / sequential["images_per_s"])
+  assert auto["choice_vs_best"] == 1.0
   assert "auto -> sequential ran at" in capsys.readouterr().out
+  table = report.markdown(results)
+  assert table.count("\n| bnjax | 8 | 2 |") == 2 and "its choice's own row ran at 100%" in table
 
 
 def test_compile_only(tmp_path):
@@ -44,6 +47,7 @@ def test_compile_only(tmp_path):
   assert unrolled["scan_blocks"] is False and scanned["scan_blocks"] is True
   for record in (unrolled, scanned):
     assert record["mode"] == "compile_only" and record["compile_time_s"] > 0
+  assert "| ResNet-14 | 1 | scanned | float32 |" in report.markdown(json.loads(out.read_text()))
 
 
 def test_bad_executor_is_one_sentence():
@@ -57,7 +61,7 @@ def _num_params(tree) -> int:
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_torch_resnet_matches_bnjax_parameter_count(norm):
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
   from bench import torch_resnet
   model = throughput.make_model(20, norm, "float32")
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
