@@ -20,7 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.job = "train"  # what bnjax.main runs; see bnjax/jobs.py
   # scan_blocks runs each stage's repeated blocks as one nn.scan: the same
   # function and initial values, a ResNet-110 step compiled ~3x faster, but
-  # on XLA:CPU each step runs ~10x slower (docs/performance.md); analyses
+  # on XLA:CPU each step ran over 10x slower (docs/performance.md); analyses
   # and `checkpoint.load` see one entry per block either way.
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", depth=110, norm="batch", shortcut="A", initializer="he_normal",

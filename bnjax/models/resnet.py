@@ -21,10 +21,11 @@ With `scan_blocks=True` the n - 1 identical blocks that follow each stage's
 first block run as one `nn.scan` (module `stageS_blocks`, every variable
 stacked on a leading axis of n - 1): XLA compiles one block per stage
 instead of n, which cuts the compile time of a ResNet-110 step 2.5-3.5
-fold. On XLA:CPU the scanned step runs about 10x slower, so it is off by
-default (docs/performance.md has the numbers). `unscan` turns such variables, intermediates or gradients back into
-the per-block layout above, so per-layer analyses see the same names
-whichever way the model was run, and `stack_blocks` does the reverse.
+fold. On XLA:CPU a scanned step ran over 10x slower, so it is off by
+default (docs/performance.md has the numbers). `unscan` turns such
+variables, intermediates or gradients back into the per-block layout
+above, so per-layer analyses see the same names whichever way the model
+was run, and `stack_blocks` does the reverse.
 """
 
 import re
