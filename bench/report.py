@@ -66,12 +66,16 @@ def markdown_row(record: dict[str, Any]) -> str:
   return "| " + " | ".join(fmt.format(**fields).strip() for _, _, fmt in COLUMNS) + " |"
 
 
+def device_line(d: dict[str, Any]) -> str:
+  """E.g. "cpu (cpu, 2 CPUs, jax 0.10.2, torch 2.14.1)": what the records were measured on."""
+  torch = f", torch {d['torch_version']}" if "torch_version" in d else ""
+  return f"{d['device_kind']} ({d['backend']}, {d['cpu_count']} CPUs, jax {d['jax_version']}{torch})"
+
+
 def markdown(results: dict[str, Any]) -> str:
   """The device line and a Markdown table of every record, plus the notes."""
-  d = results["device"]
   records = results["records"]
-  lines = [f"{d['device_kind']} ({d['backend']}, {d['cpu_count']} CPUs, jax {d['jax_version']}"
-           + (f", torch {d['torch_version']}" if "torch_version" in d else "") + ")", ""]
+  lines = [device_line(results["device"]), ""]
   if records and records[0].get("mode") == "compile_only":
     names = ["model", "M", "blocks", "dtype", "trace+lower s", "compile s", "total s"]
   else:
@@ -98,8 +102,7 @@ def header() -> str:
 
 def table(results: dict[str, Any]) -> str:
   """The device line, the column headers and every record, plus notes."""
-  d = results["device"]
-  lines = [f"\n{d['device_kind']} ({d['backend']}, {d['cpu_count']} CPUs, jax {d['jax_version']})"]
+  lines = ["\n" + device_line(results["device"])]
   records = results["records"]
   if records and records[0].get("mode") != "compile_only":
     lines += [header(), "-" * len(header())]
