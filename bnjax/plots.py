@@ -197,7 +197,7 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str) -> Non
   Each histogram keeps its own horizontal range (the no-BN one is far
   wider); the last panel puts every conv layer's gradient norm on a log axis.
   """
-  groups = _by_arm(members)
+  groups = _by_arm(members, "layer_histogram")  # members that overflowed have none
   fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4), squeeze=False)
   for i, (ax, (arm, records)) in enumerate(zip(axes[0], groups.items())):
     h = records[0]["layer_histogram"]

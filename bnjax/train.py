@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnjax import data, models
+from bnjax import data, forward, models
 
 State = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -91,33 +91,34 @@ def global_norm(tree: Any) -> jax.Array:
   return optax.tree.norm(tree)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def member_step(model: nn.Module, tx: optax.GradientTransformation,
                 train_config: Mapping[str, Any], state: State, images_BxHxWxC: jax.Array,
                 labels_B: jax.Array, step: jax.Array) -> tuple[State, Metrics]:
   """One SGD step of one member; a diverged member is returned unchanged.
 
-  The member is marked diverged at `step` when its loss or its new
-  parameters are not finite, or its loss exceeds `max_loss`; from then on
-  its state is frozen, so it can never spread NaNs or slow the others.
+  The member is marked diverged at `step` when any activation of its
+  forward pass, its loss, its gradient or its new parameters is not finite,
+  or its loss exceeds `max_loss`; from then on its state is frozen, so it
+  can never spread NaNs or slow the others. The loss and accuracy of a
+  step whose forward pass overflowed are reported as NaN, never as the
+  number a masked overflow can produce (see `bnjax.forward`).
   """
   def loss_fn(params):
-    logits, updates = model.apply(
-        {"params": params, "batch_stats": state["batch_stats"]}, images_BxHxWxC,
+    logits, updates, finite = forward.apply(
+        model, {"params": params, "batch_stats": state["batch_stats"]}, images_BxHxWxC,
         train=True, mutable=["batch_stats"])
-    return cross_entropy(logits, labels_B), (logits, updates.get("batch_stats", {}))
+    return cross_entropy(logits, labels_B), (logits, updates.get("batch_stats", {}), finite)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  (loss, (logits, batch_stats, finite)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state["params"])
+  finite = finite & jnp.isfinite(loss) & forward.all_finite(grads)
   lr = state["base_lr"] * lr_factor(step, train_config)
   opt_state = state["opt_state"]
   opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
   updates, opt_state = tx.update(grads, opt_state, state["params"])
   params = optax.apply_updates(state["params"], updates)
 
-  healthy = jnp.isfinite(loss) & (loss <= train_config["max_loss"]) & _all_finite(params)
+  healthy = finite & (loss <= train_config["max_loss"]) & forward.all_finite(params)
   diverges_now = ~state["diverged"] & ~healthy
   frozen = state["diverged"] | diverges_now
   stepped = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
@@ -127,8 +128,8 @@ def member_step(model: nn.Module, tx: optax.GradientTransformation,
       base_lr=state["base_lr"], diverged=frozen,
       diverged_step=jnp.where(diverges_now, step.astype(jnp.int32), state["diverged_step"]))
   metrics = {
-      "train_loss": loss,
-      "train_accuracy": jnp.mean(jnp.argmax(logits, -1) == labels_B),
+      "train_loss": jnp.where(finite, loss, jnp.nan),
+      "train_accuracy": jnp.where(finite, jnp.mean(jnp.argmax(logits, -1) == labels_B), jnp.nan),
       "grad_norm": global_norm(grads),
       "param_norm": global_norm(new_state["params"]),
   }

@@ -64,6 +64,24 @@ def test_pool_statistics_make_eval_mode_equal_train_mode_on_the_pool():
   np.testing.assert_allclose(separable, common.loss(model, variables, images, labels), rtol=1e-4)
 
 
+def test_pool_statistics_are_exact_when_the_pre_bn_variance_is_huge():
+  """Stem kernel scaled by 3e3: pre-BN variance ~1e7, where inferring the
+  statistics from BN's momentum update loses most of their precision."""
+  model, variables = _resnet8("batch")
+  params = variables["params"]
+  stem = {**params["stem"], "conv": {"kernel": 3e3 * params["stem"]["conv"]["kernel"]}}
+  variables = {**variables, "params": {**params, "stem": stem}}
+  images, _ = _batch(8)
+  _, state = model.apply(variables, images, train=True, mutable=["intermediates", "batch_stats"])
+  conv_out_NxHxWxC = np.asarray(state["intermediates"]["stem"]["conv_out"][0], np.float64)
+  var_C = conv_out_NxHxWxC.var(axis=(0, 1, 2))
+  assert var_C.max() > 1e6
+  stats = jax.jit(lambda v: noise.pool_statistics(model, v, images))(variables)["batch_stats"]
+  np.testing.assert_allclose(stats["stem"]["norm"]["mean"], conv_out_NxHxWxC.mean(axis=(0, 1, 2)),
+                             rtol=1e-4, atol=1e-4 * np.sqrt(var_C.max()))
+  np.testing.assert_allclose(stats["stem"]["norm"]["var"], var_C, rtol=1e-4)
+
+
 def test_measured_noise_respects_bound_when_every_minibatch_is_enumerated():
   """N=8, |B|=2. With replacement (all 64 ordered pairs, equally likely) the
   mean noise equals α²C/|B|; without replacement (all 28 pairs of distinct

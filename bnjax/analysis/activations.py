@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnjax import train
+from bnjax import forward, train
 from bnjax.analysis import common
 
 Stats = dict[str, jax.Array]
@@ -77,11 +77,15 @@ def moments_vs_depth(model: nn.Module, variables: common.Variables,
 
   Measured on each weight layer's output before normalisation, so that BN
   and no-BN networks are compared at the same place. Returns lists (one
-  entry per layer, layer k at index k-1) of abs_mean_C and std_C.
+  entry per layer, layer k at index k-1) of abs_mean_C and std_C, and
+  "finite", whether every layer's output was finite (moments of an
+  overflowed layer are inf or NaN, never clipped).
   """
-  stats = [channel_moments(x) for x in numbered_layers(model, variables, images_BxHxWxC)]
+  outputs = numbered_layers(model, variables, images_BxHxWxC)
+  stats = [channel_moments(x) for x in outputs]
   return {"abs_mean_C": [jnp.abs(s["mean_C"]) for s in stats],
-          "std_C": [jnp.sqrt(s["var_C"]) for s in stats]}
+          "std_C": [jnp.sqrt(s["var_C"]) for s in stats],
+          "finite": forward.all_finite(outputs)}
 
 
 def signal_propagation(model: nn.Module, variables: common.Variables,
@@ -104,9 +108,8 @@ def signal_propagation(model: nn.Module, variables: common.Variables,
 
 def sgd_direction(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
                   labels_B: jax.Array, lr: float | jax.Array) -> common.Variables:
-  """Δθ = −lr·g, the plain SGD step of the batch-mean loss (params only)."""
-  grads = jax.grad(lambda p: common.loss(
-      model, {**variables, "params": p}, images_BxHxWxC, labels_B))(variables["params"])
+  """Δθ = −lr·g, the plain SGD step of the batch-mean loss (params only; NaN on overflow)."""
+  _, grads = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)
   return jax.tree.map(lambda g: -lr * g, grads)
 
 
@@ -121,8 +124,10 @@ def diverging_update_moments(model: nn.Module, variables: common.Variables,
   parameters θ + s·Δθ is run on the same batch. For each weight layer k in
   `layers` (numbered as in `numbered_layers`, 1-based) returns
   "mean_k" and "var_k" of shape (S, C_k): per-channel mean and variance over
-  batch and space; plus "loss_S", the loss along the way. Fractions are
-  visited one at a time (`lax.map`) to keep memory at one forward pass.
+  batch and space; plus "loss_S", the loss along the way (NaN where any
+  weight layer's output overflowed), and "finite_S", whether every weight
+  layer's output was finite. Fractions are visited one at a time
+  (`lax.map`) to keep memory at one forward pass.
   """
   step = sgd_direction(model, variables, images_BxHxWxC, labels_B, lr)
 
@@ -130,12 +135,14 @@ def diverging_update_moments(model: nn.Module, variables: common.Variables,
     params = jax.tree.map(lambda p, d: p + s * d, variables["params"], step)
     moved = {**variables, "params": params}
     outputs = numbered_layers(model, moved, images_BxHxWxC)
-    result = {"loss": train.cross_entropy(outputs[-1], labels_B)}
+    finite = forward.all_finite(outputs)
+    result = {"loss": jnp.where(finite, train.cross_entropy(outputs[-1], labels_B), jnp.nan),
+              "finite": finite}
     for k in layers:
       moments = channel_moments(outputs[k - 1])
       result[f"mean_{k}"], result[f"var_{k}"] = moments["mean_C"], moments["var_C"]
     return result
 
   out = jax.lax.map(at_fraction, jnp.asarray(fractions_S, jnp.float32))
-  out["loss_S"] = out.pop("loss")
+  out["loss_S"], out["finite_S"] = out.pop("loss"), out.pop("finite")
   return out

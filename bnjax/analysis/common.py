@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bnjax import data, sweep, train
+from bnjax import data, forward, sweep, train
 from bnjax.models import init_variables as init_model_variables, make_model, resnet
 
 Variables = Mapping[str, Any]
@@ -20,13 +20,33 @@ def loss(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,
   """Mean cross-entropy of a batch; in train mode BN uses batch statistics.
 
   Train mode is what the optimizer sees, so it is the default for the
-  gradient analyses. The updated BN statistics are discarded.
+  gradient analyses. The updated BN statistics are discarded. NaN when any
+  activation overflowed (`bnjax.forward`), whatever number XLA computed.
   """
-  if train_mode:
-    logits, _ = model.apply(variables, images_BxHxWxC, train=True, mutable=["batch_stats"])
-  else:
-    logits = model.apply(variables, images_BxHxWxC, train=False)
-  return train.cross_entropy(logits, labels_B)
+  mutable = ["batch_stats"] if train_mode else []
+  logits, _, finite = forward.apply(model, variables, images_BxHxWxC, train_mode, mutable)
+  return jnp.where(finite, train.cross_entropy(logits, labels_B), jnp.nan)
+
+
+def loss_and_grad(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,
+                  labels_B: jax.Array, params: Any = None) -> tuple[jax.Array, Any]:
+  """The optimizer's view: train-mode minibatch loss and its gradient ∂L/∂θ.
+
+  Taken at `params` (default: `variables["params"]`), BN normalising with
+  the batch's statistics and its running averages left untouched. When an
+  activation overflowed or the gradient is not finite, the loss and every
+  gradient entry are NaN, so that no caller can mistake the pass for a
+  finite one.
+  """
+  params = variables["params"] if params is None else params
+  def loss_fn(p):
+    logits, _, finite = forward.apply(model, {**variables, "params": p}, images_BxHxWxC,
+                                      train=True, mutable=["batch_stats"])
+    return train.cross_entropy(logits, labels_B), finite
+  (value, finite), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  ok = finite & jnp.isfinite(value) & forward.all_finite(grads)
+  return (jnp.where(ok, value, jnp.nan),
+          jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads))
 
 
 def recorded_layers(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,

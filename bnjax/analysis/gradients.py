@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnjax import train
+from bnjax import forward, train
 from bnjax.analysis import common
 
 
@@ -22,10 +22,13 @@ def output_gradient(model: nn.Module, variables: common.Variables, images_BxHxWx
 
   Row i is (softmax(logits_i) − onehot(label_i)) / B; its largest positive
   entry is the class the network predicts most strongly for image i (among
-  the wrong ones). BN uses the batch's statistics, as in training.
+  the wrong ones). BN uses the batch's statistics, as in training. All NaN
+  when the forward pass overflowed (`bnjax.forward`).
   """
-  logits_BxK, _ = model.apply(variables, images_BxHxWxC, train=True, mutable=["batch_stats"])
-  return jax.grad(train.cross_entropy)(logits_BxK, labels_B)
+  logits_BxK, _, finite = forward.apply(model, variables, images_BxHxWxC, train=True,
+                                        mutable=["batch_stats"])
+  g_BxK = jax.grad(train.cross_entropy)(logits_BxK, labels_B)
+  return jnp.where(finite, g_BxK, jnp.nan)
 
 
 def input_independence(g_BxK: jax.Array) -> dict[str, jax.Array]:
@@ -49,9 +52,11 @@ def input_independence(g_BxK: jax.Array) -> dict[str, jax.Array]:
 
 def weight_gradients(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
                      labels_B: jax.Array) -> common.Variables:
-  """∇_θ L of the batch-mean loss (a pytree shaped like params), BN in train mode."""
-  return jax.grad(lambda p: common.loss(
-      model, {**variables, "params": p}, images_BxHxWxC, labels_B))(variables["params"])
+  """∇_θ L of the batch-mean loss (a pytree shaped like params), BN in train mode.
+
+  NaN everywhere when the forward pass overflowed.
+  """
+  return common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)[1]
 
 
 def conv_gradient_norms(grads: common.Variables) -> jax.Array:
@@ -73,15 +78,16 @@ def gradient_summary(model: nn.Module, variables: common.Variables, images_BxHxW
   """Everything figures 3 and 7 show, for one member at one batch.
 
   output_grad_BxK (F7), its input-independence scalars, the chosen layer's
-  gradient entries (F3), the conv gradient norms against depth, and the
-  loss.
+  gradient entries (F3), the conv gradient norms against depth, the loss,
+  and "finite": False when the forward pass overflowed or the gradient is
+  not finite, in which case every other entry is NaN.
   """
   g_BxK = output_gradient(model, variables, images_BxHxWxC, labels_B)
-  grads = weight_gradients(model, variables, images_BxHxWxC, labels_B)
+  loss, grads = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)
   return {"output_grad_BxK": g_BxK, **input_independence(g_BxK),
           "layer_grad_values": layer_gradient_values(grads, layer),
           "conv_grad_norms_L": conv_gradient_norms(grads),
-          "loss": common.loss(model, variables, images_BxHxWxC, labels_B)}
+          "loss": loss, "finite": jnp.isfinite(loss)}
 
 
 def bn_input_gradient(x_BxHxWxC: jax.Array, cotangent_BxHxWxC: jax.Array,

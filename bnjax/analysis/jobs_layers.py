@@ -83,7 +83,7 @@ def activations(config: ml_collections.ConfigDict, workdir: str) -> None:
   for label, seed, out in members_at_init(config, analysis, images, labels):
     moments, signal, stats, update = out
     record = {
-        "arm": label, "seed": seed,
+        "arm": label, "seed": seed, "finite": bool(moments["finite"]),
         "log10_abs_mean": [_channel_summary(m) for m in moments["abs_mean_C"]],
         "log10_std": [_channel_summary(s) for s in moments["std_C"]],
         "signal_propagation": signal,
@@ -112,23 +112,31 @@ def gradients(config: ml_collections.ConfigDict, workdir: str) -> None:
                              "histogram_layer": layer, "members": []}
   summary = lambda model, variables, x, y: grad.gradient_summary(model, variables, x, y, layer)
   for label, seed, out in members_at_init(config, summary, images, labels):
-    probs_BxK = out["output_grad_BxK"] * labels.shape[0] + np.eye(data.NUM_CLASSES)[labels]
-    predictions = grad.input_independence(jnp.asarray(probs_BxK))
-    record = {"arm": label, "seed": seed, "loss": out["loss"],
-              "same_class_share": out["same_class_share"], "mean_cosine": out["mean_cosine"],
-              "prediction_share": predictions["same_class_share"],
-              "mean_max_probability": float(np.mean(np.max(probs_BxK, axis=1))),
-              "conv_grad_norms": out["conv_grad_norms_L"],
-              "layer_histogram": _histogram(out["layer_grad_values"])}
-    if seed == config.sweep.seeds[0]:
-      record["output_grad"] = out["output_grad_BxK"]
-      record["labels"] = np.asarray(labels)
+    record = {"arm": label, "seed": seed, "finite": bool(out["finite"]), "loss": out["loss"]}
+    if record["finite"]:  # an overflowed pass has only NaN gradients to show
+      record.update(_gradient_record(out, labels, first_seed=seed == config.sweep.seeds[0]))
     results["members"].append(record)
   workdir_lib.write_analysis(workdir, "gradients", results)
   members = workdir_lib.jsonable(results["members"])
   plots.output_gradient_figure(members, workdir_lib.figure_path(workdir, "gradients_f7_heatmap"))
   plots.gradient_histogram_figure(members, layer,
                                   workdir_lib.figure_path(workdir, "gradients_f3_histogram"))
+
+
+def _gradient_record(out: dict[str, Any], labels_B: jax.Array, first_seed: bool
+                     ) -> dict[str, Any]:
+  """The F3/F7 numbers of one member with a finite gradient (`gradient_summary` output)."""
+  probs_BxK = out["output_grad_BxK"] * labels_B.shape[0] + np.eye(data.NUM_CLASSES)[labels_B]
+  predictions = grad.input_independence(jnp.asarray(probs_BxK))
+  record = {"same_class_share": out["same_class_share"], "mean_cosine": out["mean_cosine"],
+            "prediction_share": predictions["same_class_share"],
+            "mean_max_probability": float(np.mean(np.max(probs_BxK, axis=1))),
+            "conv_grad_norms": out["conv_grad_norms_L"],
+            "layer_histogram": _histogram(out["layer_grad_values"])}
+  if first_seed:
+    record["output_grad"] = out["output_grad_BxK"]
+    record["labels"] = np.asarray(labels_B)
+  return record
 
 
 # ---------------------------------------------------------------- random matrices (F8)

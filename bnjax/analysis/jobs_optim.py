@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bnjax import data, plots, train, workdir as workdir_lib
+from bnjax import data, forward, plots, train, workdir as workdir_lib
 from bnjax.analysis import common, landscape, noise
 
 
@@ -128,7 +128,7 @@ def noise_member(config, program: NoiseProgram, state: train.State, pool: tuple,
   small_sq, big_sq = train_noise(idx_small)[:, 1].mean(), train_noise(idx_big)[:, 1].mean()
   c = stats["C"]
   return {
-      "lr": lr, "C": c, "grad_sq_norm": stats["grad_sq_norm"],
+      "lr": lr, "finite": forward.all_finite(grads), "C": c, "grad_sq_norm": stats["grad_sq_norm"],
       "bound": noise.sgd_noise_bound(lr, c, batch),
       "expected_without_replacement": noise.expected_noise_without_replacement(lr, c, batch, size),
       "measured": lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_without).mean(),

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from bnjax.analysis import common
 
@@ -41,24 +42,16 @@ def log_grid(low: float = 1e-5, high: float = 1e-1, num: int = 25) -> np.ndarray
   return np.geomspace(low, high, num)
 
 
-def _loss_and_grad(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
-                   labels_B: jax.Array, params: Any) -> tuple[jax.Array, Any]:
-  """Train-mode minibatch loss and its gradient at `params` (BN stats untouched)."""
-  def loss_fn(p):
-    return common.loss(model, {**variables, "params": p}, images_BxHxWxC, labels_B,
-                       train_mode=True)
-  return jax.value_and_grad(loss_fn)(params)
-
-
 def _sq_norm(tree: Any) -> jax.Array:
-  return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+  return optax.tree.norm(tree, squared=True)
 
 
 def largest_stable_eta(etas_E: jax.Array, relative_loss_E: jax.Array,
                        threshold: float = DIVERGENCE_THRESHOLD) -> jax.Array:
   """The largest η of the grid before the relative loss first exceeds `threshold`.
 
-  A non-finite relative loss counts as divergent. Returns 0 if already the
+  A non-finite relative loss counts as divergent (an overflowing point's
+  loss is NaN, see `common.loss_and_grad`). Returns 0 if already the
   smallest η diverges, and the largest η if none does.
   """
   divergent_E = ~(relative_loss_E <= threshold)  # NaN and inf are divergent
@@ -68,19 +61,28 @@ def largest_stable_eta(etas_E: jax.Array, relative_loss_E: jax.Array,
 
 def line_point(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
                labels_B: jax.Array, g: Any, eta: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(L(θ − η·g), ‖∇L(θ − η·g) − g‖) on the minibatch: one point of the line."""
+  """(L(θ − η·g), ‖∇L(θ − η·g) − g‖) on the minibatch: one point of the line.
+
+  Both are NaN where the forward pass at θ − η·g overflows, which the
+  summaries count as divergent.
+  """
   moved = jax.tree.map(lambda p, d: p - eta * d, variables["params"], g)
-  loss, grad = _loss_and_grad(model, variables, images_BxHxWxC, labels_B, moved)
+  loss, grad = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B, moved)
   return loss, jnp.sqrt(_sq_norm(jax.tree.map(jnp.subtract, grad, g)))
 
 
 def summarize(loss: jax.Array, grad_norm: jax.Array, eta_E: jax.Array, loss_E: jax.Array,
               grad_change_E: jax.Array, threshold: float = DIVERGENCE_THRESHOLD
               ) -> dict[str, jax.Array]:
-  """The measures of `along_gradient` from the line's points (see there)."""
+  """The measures of `along_gradient` from the line's points (see there).
+
+  A point whose loss or gradient change is not finite is divergent: its
+  loss is reported as NaN, whatever number it carried.
+  """
+  finite_loss = jnp.isfinite(loss_E) & jnp.isfinite(grad_change_E)
+  loss_E = jnp.where(finite_loss, loss_E, jnp.nan)
   beta_E = jnp.where(eta_E > 0, grad_change_E / (eta_E * grad_norm), jnp.nan)
   relative_E = loss_E / loss
-  finite_loss = jnp.isfinite(loss_E)
   return {
       "eta_E": eta_E,
       "loss": loss,
@@ -121,7 +123,7 @@ def along_gradient(model: nn.Module, variables: common.Variables, images_BxHxWxC
   body tens of times slower than outside one; on a CPU prefer
   `along_gradient_host`, which gives the same dict.
   """
-  loss, g = _loss_and_grad(model, variables, images_BxHxWxC, labels_B, variables["params"])
+  loss, g = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)
   eta_E = jnp.asarray(etas, jnp.float32)
   point = lambda eta: line_point(model, variables, images_BxHxWxC, labels_B, g, eta)
   loss_E, change_E = jax.lax.map(point, eta_E)
@@ -149,6 +151,5 @@ def first_order_relative_loss(loss: jax.Array, grad_norm: jax.Array,
   return 1.0 - eta_E * grad_norm**2 / loss
 
 
-_jit_grad = jax.jit(lambda model, v, x, y: _loss_and_grad(model, v, x, y, v["params"]),
-                    static_argnums=0)
+_jit_grad = jax.jit(common.loss_and_grad, static_argnums=0)
 _jit_point = jax.jit(line_point, static_argnums=0)

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnjax import train
+from bnjax import forward, train
 from bnjax.analysis import common
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, x_B..., y_B) -> losses (B,)
@@ -49,34 +49,61 @@ def pool_statistics(model: nn.Module, variables: common.Variables,
                     images_NxHxWxC: jax.Array) -> common.Variables:
   """`variables` with batch_stats replaced by the batch statistics of the pool.
 
-  BN stores new = m·old + (1 − m)·batch; two train-mode passes, from old = 0
-  and old = 1, give m and the batch mean and (biased) variance whatever the
-  momentum. A model without BN is returned unchanged.
+  One train-mode pass on the pool in which every BatchNorm in train mode
+  writes the mean and biased variance of its input (float32, two-pass:
+  mean of squared deviations) into its batch_stats, so eval mode on the pool
+  then normalises as train mode does. Computed directly rather than inferred
+  from BN's momentum update, which loses precision when the variance is
+  large. Any module tree works, scanned blocks included. A model without BN
+  is returned unchanged.
   """
   if not variables.get("batch_stats"):
     return variables
-  def updated(fill: float) -> Any:
-    old = jax.tree.map(lambda x: jnp.full_like(x, fill), variables["batch_stats"])
-    _, state = model.apply({**variables, "batch_stats": old}, images_NxHxWxC, train=True,
-                           mutable=["batch_stats"])
-    return state["batch_stats"]
-  from_zero, from_one = updated(0.0), updated(1.0)
-  stats = jax.tree.map(lambda a, b: a / (1.0 - (b - a)), from_zero, from_one)
-  return {**variables, "batch_stats": stats}
+  def write_input_stats(next_fun: Callable[..., Any], args: tuple[Any, ...],
+                        kwargs: dict[str, Any], context: Any) -> Any:
+    out = next_fun(*args, **kwargs)
+    bn = context.module
+    if not isinstance(bn, nn.BatchNorm) or context.method_name != "__call__":
+      return out
+    use_running_average = nn.merge_param(
+        "use_running_average", bn.use_running_average,
+        args[1] if len(args) > 1 else kwargs.get("use_running_average"))
+    if use_running_average or not bn.is_mutable_collection("batch_stats"):
+      return out
+    x = args[0] if args else kwargs["x"]
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    feature_axes = {a % x.ndim for a in ((bn.axis,) if isinstance(bn.axis, int) else bn.axis)}
+    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+    for name, stat in (("mean", jnp.mean(x, reduction_axes)), ("var", jnp.var(x, reduction_axes))):
+      bn.put_variable("batch_stats", name, stat.astype(bn.get_variable("batch_stats", name).dtype))
+    return out
+  with nn.intercept_methods(write_input_stats):
+    _, state = model.apply(variables, images_NxHxWxC, train=True, mutable=["batch_stats"])
+  return {**variables, "batch_stats": state["batch_stats"]}
 
 
 def separable_loss(model: nn.Module, variables: common.Variables) -> LossFn:
-  """Per-example cross-entropies (B,) in eval mode with `variables`' BN statistics."""
+  """Per-example cross-entropies (B,) in eval mode with `variables`' BN statistics.
+
+  All NaN when the forward pass overflowed (`bnjax.forward`).
+  """
   def losses(params: Any, images_BxHxWxC: jax.Array, labels_B: jax.Array) -> jax.Array:
-    logits = model.apply({**variables, "params": params}, images_BxHxWxC, train=False)
-    return jax.vmap(train.cross_entropy)(logits[:, None], labels_B[:, None])
+    logits, _, finite = forward.apply(model, {**variables, "params": params}, images_BxHxWxC,
+                                      train=False)
+    losses_B = jax.vmap(train.cross_entropy)(logits[:, None], labels_B[:, None])
+    return jnp.where(finite, losses_B, jnp.nan)
   return losses
 
 
 def per_example_grads(loss_fn: LossFn, params: Any, x_N: jax.Array, y_N: jax.Array) -> jax.Array:
-  """∇ℓ_i for each of N examples, flattened to (N, P) in `flatten` order."""
+  """∇ℓ_i for each of N examples, flattened to (N, P) in `flatten` order.
+
+  An example whose loss or gradient is not finite gets a row of NaN.
+  """
   def one(x, y):
-    return flatten(jax.grad(lambda p: loss_fn(p, x[None], y[None])[0])(params))
+    value, grad = jax.value_and_grad(lambda p: loss_fn(p, x[None], y[None])[0])(params)
+    grad_P = flatten(grad)
+    return jnp.where(jnp.isfinite(value) & jnp.all(jnp.isfinite(grad_P)), grad_P, jnp.nan)
   return jax.vmap(one)(x_N, y_N)
 
 
@@ -164,10 +191,8 @@ def two_batch_noise_scale(sq_norm_small: jax.Array, sq_norm_big: jax.Array,
 
 def train_mode_grad(model: nn.Module, variables: common.Variables,
                     images_BxHxWxC: jax.Array, labels_B: jax.Array) -> jax.Array:
-  """The optimizer's minibatch gradient (train-mode BN), flattened (P,)."""
-  def loss_fn(params):
-    return common.loss(model, {**variables, "params": params}, images_BxHxWxC, labels_B)
-  return flatten(jax.grad(loss_fn)(variables["params"]))
+  """The optimizer's minibatch gradient (train-mode BN), flattened (P,); NaN on overflow."""
+  return flatten(common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)[1])
 
 
 def train_mode_noise(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,

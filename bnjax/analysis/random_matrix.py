@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bnjax import forward
 from bnjax.analysis import common
 
 
@@ -51,14 +52,16 @@ def network_jacobian(model: nn.Module, variables: common.Variables, images_BxHxW
   Taken in train mode, where BN mixes the examples of a batch, so the
   whole batch is one input: B*K rows, one vector-Jacobian product each,
   computed `chunk` at a time. The number of rows, not the input size, sets
-  the cost, which is what keeps this tractable for a ResNet.
+  the cost, which is what keeps this tractable for a ResNet. All NaN when
+  the forward pass overflowed.
   """
   def logits(x):
-    out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    return out.ravel()
-  out, vjp = jax.vjp(logits, images_BxHxWxC)
+    out, _, finite = forward.apply(model, variables, x, train=True, mutable=["batch_stats"])
+    return out.ravel(), finite
+  out, vjp, finite = jax.vjp(logits, images_BxHxWxC, has_aux=True)
   rows = jnp.eye(out.shape[0], dtype=out.dtype)
-  return jax.lax.map(lambda r: vjp(r)[0].ravel(), rows, batch_size=chunk)
+  jacobian = jax.lax.map(lambda r: vjp(r)[0].ravel(), rows, batch_size=chunk)
+  return jnp.where(finite, jacobian, jnp.nan)
 
 
 def jacobian_singular_values(model: nn.Module, variables: common.Variables,
