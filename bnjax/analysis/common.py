@@ -45,8 +45,14 @@ def loss_and_grad(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Ar
     return train.cross_entropy(logits, labels_B), finite
   (value, finite), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   ok = finite & jnp.isfinite(value) & forward.all_finite(grads)
-  return (jnp.where(ok, value, jnp.nan),
-          jax.tree.map(lambda g: jnp.where(ok, g, jnp.nan), grads))
+  # A cond, not a `where` per leaf: on XLA:CPU the latter took a ResNet-110
+  # gradient's compile from 15 s to 80 s.
+  grads = jax.lax.cond(ok, lambda g: g, lambda g: jax.tree.map(_nan_like, g), grads)
+  return jnp.where(ok, value, jnp.nan), grads
+
+
+def _nan_like(x: jax.Array) -> jax.Array:
+  return jnp.full_like(x, jnp.nan)
 
 
 def recorded_layers(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,
