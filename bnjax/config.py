@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   # on XLA:CPU each step ran over 10x slower (docs/performance.md); analyses
   # and `checkpoint.load` see one entry per block either way.
   c.model = ml_collections.ConfigDict(dict(
-      name="resnet", depth=110, norm="batch", shortcut="A", initializer="he_normal",
+      name="resnet", depth=110, norm="batch", shortcut="A", initializer="glorot_uniform",
       scan_blocks=False))
   c.data = ml_collections.ConfigDict(dict(
       name="cifar10", data_dir="", download=True, augmentation=True,

@@ -16,6 +16,7 @@ JOBS: dict[str, str] = {
     "random_matrix": "bnjax.analysis.jobs_layers:random_matrix",
     "divergence": "bnjax.analysis.jobs_optim:divergence",
     "sgd_noise": "bnjax.analysis.jobs_optim:sgd_noise",
+    "reproduce": "bnjax.reproduce:run",
 }
 
 

@@ -224,7 +224,7 @@ class CifarResNet(nn.Module):
   depth: int = 20
   norm: str = "batch"
   shortcut: str = "A"
-  initializer: str = "he_normal"
+  initializer: str = "glorot_uniform"
   num_classes: int = 10
   dtype: Any = jnp.float32
   scan_blocks: bool = False
