@@ -6,6 +6,7 @@ here, so that `--config.field=value` overrides work for any experiment.
 """
 
 import math
+import numbers
 
 import ml_collections
 
@@ -85,6 +86,33 @@ def _validate_model(model: dict) -> None:
     raise errors.ConfigError(str(e)) from None
 
 
+_MISSING = object()
+
+
+def _is_seed(seed: object) -> bool:
+  """Whether `seed` is a whole number in [0, 2**32): train.init_arm casts seeds to uint32."""
+  return isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < 2**32
+
+
+def _literal(value: object) -> str:
+  """`value` as a command-line tuple element, quoted for a shell's single quotes."""
+  return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def _check_not_overridden(model: ml_collections.ConfigDict, field: str,
+                          values: tuple) -> None:
+  """Rejects config.model.FIELD set to a value that every arm of the sweep replaces.
+
+  Each arm overrides the model field it sweeps, so a value outside the swept
+  ones would be silently ignored; the base default is what arms override.
+  """
+  value, base = model[field], base_config().model.get(field, _MISSING)
+  _check(value == base or value in values,
+         f"config.model.{field}={value!r} is overridden by config.sweep.arms.{field}={values!r}, "
+         f"so it would be ignored; to run it, sweep it instead, e.g. "
+         f"--config.sweep.arms.{field}='({_literal(value)},)'.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` with one sentence for the first problem found."""
   _check(config.job in jobs.JOBS, f"Unknown job {config.job!r} (config.job); use one of {sorted(jobs.JOBS)}.")
@@ -95,10 +123,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
            f"Learning rate {lr!r} in config.sweep.lrs is not a positive number; rates must be > 0.")
   _check(len(tuple(sweep.seeds)) > 0, "config.sweep.seeds is empty; give at least one seed.")
+  for seed in sweep.seeds:
+    _check(_is_seed(seed),
+           f"Seed {seed!r} in config.sweep.seeds is not an integer in [0, 2**32); "
+           f"give seeds from 0 to {2**32 - 1}.")
   _check(len(set(sweep.seeds)) == len(tuple(sweep.seeds)), "config.sweep.seeds repeats a seed; list each once.")
   for field, values in sweep.arms.items():
     _check(field in config.model, f"Sweep arm field {field!r} is not a model field; use one of {sorted(config.model)}.")
     _check(len(tuple(values)) > 0, f"config.sweep.arms.{field} is empty; give at least one value.")
+    _check_not_overridden(config.model, field, tuple(values))
   for arm in arm_configs(config):
     _validate_model(arm)
   _check(train.batch_size > 0, f"config.train.batch_size must be positive, got {train.batch_size}.")

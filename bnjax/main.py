@@ -4,10 +4,13 @@ Any config field can be overridden with `--config.field=value`.
 """
 
 import logging as pylogging
+import re
 import sys
 
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 from bnjax import config as config_lib, errors, jobs, workdir as workdir_lib
 
@@ -32,6 +35,62 @@ class _QuietOrbax(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
 
 
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of --config in `argv` ("FILE[:variant]"), or None without one."""
+  for i, arg in enumerate(argv):
+    match = re.fullmatch(r"--?config(?:=(.*))?", arg)
+    if match:
+      return match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+  return None
+
+
+def _missing_override(argv: list[str]) -> tuple[str, str, list[str]] | None:
+  """The first `--config.FIELD` override in `argv` that the config lacks, and its section's fields."""
+  spec = _config_spec(argv)
+  if spec is None:
+    return None
+  config = flags.FLAGS["config"].parser.parse(spec)
+  for arg in argv:
+    match = re.match(r"--?config\.([^=]+)", arg)
+    if match:
+      try:
+        config_path.get_type(match.group(1), config)
+      except (AttributeError, KeyError, IndexError):
+        return match.group(1), *_section_fields(config, match.group(1))
+  return None
+
+
+def _section_fields(config: ml_collections.ConfigDict, field: str) -> tuple[str, list[str]]:
+  """The deepest existing section on `field`'s path ("config.model") and its fields, for the hint."""
+  section = "config"
+  for name in field.split(".")[:-1]:
+    if not isinstance(config.get(name), ml_collections.ConfigDict):
+      break
+    config, section = config[name], f"{section}.{name}"
+  return section, sorted(config)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with bad config input reported in one sentence.
+
+  config_flags loads the config file and resolves every `--config.FIELD`
+  override while absl parses flags, before `main` runs: a field the config
+  lacks would end in a bare AttributeError or KeyError traceback there, and
+  an unknown variant in a ConfigError one.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except errors.BnjaxError as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError, IndexError):
+    missing = _missing_override(argv)
+    if missing is None:
+      raise
+    field, section, fields = missing
+    sys.exit(f"error: config has no field {field!r} (--config.{field}); "
+             f"check its spelling: {section} has the fields {fields}.")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -53,4 +112,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

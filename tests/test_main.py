@@ -1,5 +1,6 @@
 """The command line: config errors as one sentence, the smoke sweep end to end."""
 
+import glob
 import json
 import os
 import subprocess
@@ -27,6 +28,13 @@ def _main(workdir, *overrides, variant="smoke", timeout=600):
     ("sweep.seeds", (), "config.sweep.seeds is empty"),
     ("train.compute_dtype", "float8", "Unknown compute dtype"),
     ("executor", "pmap", "Unknown executor"),
+    ("model.norm", "layer",
+     "config.model.norm='layer' is overridden by config.sweep.arms.norm=.*--config.sweep.arms.norm='\\(\"layer\",\\)'"),
+    ("model.norm", "nonsense", "config.model.norm='nonsense' is overridden by config.sweep.arms.norm"),
+    ("sweep.seeds", (0, -1), "Seed -1 in config.sweep.seeds is not an integer in \\[0, 2\\*\\*32\\)"),
+    ("sweep.seeds", (2**32,), "Seed 4294967296 in config.sweep.seeds is not an integer"),
+    ("sweep.seeds", (1.5,), "Seed 1.5 in config.sweep.seeds is not an integer"),
+    ("sweep.seeds", (True,), "Seed True in config.sweep.seeds is not an integer"),
 ])
 def test_bad_configs_are_rejected_with_one_sentence(field, value, message):
   config = load_config("lr_sweep", "smoke")
@@ -42,6 +50,39 @@ def test_unknown_sweep_arm_field_is_rejected():
   config.sweep.arms.width = (1, 2)
   with pytest.raises(errors.ConfigError, match="'width' is not a model field"):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("name", sorted(
+    os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))))
+@pytest.mark.parametrize("variant", [None, "smoke"])
+def test_every_config_validates(name, variant):
+  config_lib.validate(load_config(name, variant))
+
+
+def test_swept_values_and_the_base_value_pass_the_arm_override_check():
+  config = load_config("lr_sweep", "smoke")
+  config.model.norm = "none"  # one of the swept values: harmless
+  config_lib.validate(config)
+  config = load_config("lr_sweep", "smoke")
+  config.sweep.arms.depth = (20, 56)
+  with pytest.raises(errors.ConfigError, match="config.model.depth=8 is overridden by config.sweep.arms.depth"):
+    config_lib.validate(config)  # the smoke variant's depth 8 would be ignored
+  for depth in (20, 110):  # a swept value, and the base default that every arm overrides
+    config.model.depth = depth
+    config_lib.validate(config)
+
+
+def test_sweeping_an_unknown_norm_is_reported_by_the_arm_validation():
+  config = load_config("lr_sweep", "smoke")
+  config.sweep.arms.norm = ("layer",)  # the fix the override message suggests
+  with pytest.raises(errors.ConfigError, match="Unknown norm 'layer'"):
+    config_lib.validate(config)
+
+
+def test_seeds_at_the_uint32_bounds_are_accepted():
+  config = load_config("lr_sweep", "smoke")
+  config.sweep.seeds = (0, 2**32 - 1)
+  config_lib.validate(config)
 
 
 def test_unknown_variant_is_rejected():
@@ -65,6 +106,27 @@ def test_command_line_reports_bad_input_in_one_line_and_writes_nothing(tmp_path)
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: Learning rate -1.0 in config.sweep.lrs is not a positive number")
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--config.some_field=1", "some_field"),
+    ("--config.model.some_field=1", "model.some_field"),
+    ("--config.modle.depth=8", "modle.depth"),
+])
+def test_unknown_config_field_on_the_command_line_is_one_sentence(tmp_path, override, field):
+  workdir = tmp_path / "run"
+  result = _main(workdir, "--config.model.depth=8", override, timeout=60)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: config has no field '{field}' (--config.{field}); ")
+  assert last.endswith(".") and not workdir.exists()
+
+
+def test_unknown_variant_on_the_command_line_is_one_sentence(tmp_path):
+  result = _main(tmp_path / "run", variant="tiny", timeout=60)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith("error: Unknown config variant 'tiny'")
 
 
 def test_missing_cifar10_from_the_command_line(tmp_path):
