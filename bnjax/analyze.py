@@ -58,7 +58,7 @@ def analysis_config(config: ml_collections.ConfigDict, run_step: int, seed: int 
              else pool_size)
   config.analysis = ml_collections.ConfigDict(dict(
       eta_low=1e-5, eta_high=1e-1, num_etas=num_etas, threshold=landscape.DIVERGENCE_THRESHOLD,
-      eta_loop="auto", pool_size=pool, num_batches=4096, num_train_batches=num_train_batches,
+      pool_size=pool, num_batches=4096, num_train_batches=num_train_batches,
       big_batch=min(4 * config.train.batch_size, pool), chunk=32, seed=0, train_steps=run_step,
       member_seed=config.sweep.seeds[0] if seed is None else seed))
   return config

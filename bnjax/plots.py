@@ -1,22 +1,31 @@
-"""Matplotlib figures in the style of the paper, one function per figure."""
+"""Matplotlib figures in the style of the paper, one function per figure.
+
+Figures are `matplotlib.figure.Figure` objects, not pyplot ones: writing a
+file then needs no backend, so importing this module leaves the caller's
+backend (a notebook's, say) as it was.
+"""
 
 import collections
 from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
-def _save(fig: Any, path: str, title: str) -> None:
-  """Titles, lays out, writes (PNG, 120 dpi) and closes a figure."""
+def _subplots(nrows: int, ncols: int, figsize: tuple[float, float],
+              **kwargs: Any) -> tuple[Figure, Any]:
+  """A new figure and its grid of axes, as `pyplot.subplots` makes them, without pyplot."""
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _save(fig: Figure, path: str, title: str) -> None:
+  """Titles, lays out and writes (PNG, 120 dpi) a figure."""
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def _arm_label(record: dict[str, Any], fields: Sequence[str]) -> str:
@@ -55,8 +64,8 @@ def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[s
   label_of = {groups[m["member"]]: _arm_label(m, fields) for m in members}
   diverged = collections.Counter(groups[m["member"]] for m in members if m["status"] == "diverged")
   size = collections.Counter(groups.values())
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig, axes = _subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, key, title in zip(axes, ("train_accuracy", "test_accuracy"), ("Train", "Test")):
     for i, (group, per_member) in enumerate(sorted(_curves(metrics, key, groups).items(), key=str)):
       steps, mean, low, high = _mean_and_spread(per_member)
@@ -101,7 +110,7 @@ def moments_vs_depth_figure(members: list[dict], path: str) -> None:
   Layers are the conv outputs (before normalisation) and the logits last.
   """
   groups = _by_arm(members)
-  fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+  fig, axes = _subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
   for ax, (arm, records) in zip(axes[0], groups.items()):
     for key, label, color in (("log10_abs_mean", "|channel mean|", "C0"),
                               ("log10_std", "channel std", "C3")):
@@ -120,7 +129,7 @@ def moments_vs_depth_figure(members: list[dict], path: str) -> None:
 def signal_propagation_figure(members: list[dict], path: str) -> None:
   """Signal propagation plot (Brock et al. 2021) at every residual block, per arm, log y."""
   groups = _by_arm(members)
-  fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+  fig, axes = _subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
   names = (("mean_sq_N", "avg squared channel mean"), ("var_N", "avg channel variance"),
            ("branch_var_N", "avg residual-branch variance"))
   for ax, (arm, records) in zip(axes[0], groups.items()):
@@ -149,8 +158,8 @@ def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr:
   records = [group[0] for group in _by_arm(members, "update").values()]
   layer_keys = sorted((k for k in records[0]["update"] if k.startswith("mean_")),
                       key=lambda k: int(k.split("_")[1]))
-  fig, axes = plt.subplots(2 * len(records), len(layer_keys), squeeze=False,
-                           figsize=(4.2 * len(layer_keys), 3.0 * 2 * len(records)))
+  fig, axes = _subplots(2 * len(records), len(layer_keys), squeeze=False,
+                        figsize=(4.2 * len(layer_keys), 3.0 * 2 * len(records)))
   extent_s = (fractions[0], fractions[-1])
   for a, record in enumerate(records):
     for c, key in enumerate(layer_keys):
@@ -176,7 +185,7 @@ def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr:
 def output_gradient_figure(members: list[dict], path: str) -> None:
   """F7: ∂L/∂logits per image (rows) and class (columns), BN and no-BN side by side."""
   records = [r for r in members if r.get("output_grad") is not None]
-  fig, axes = plt.subplots(1, len(records), figsize=(4.5 * len(records), 6), squeeze=False)
+  fig, axes = _subplots(1, len(records), figsize=(4.5 * len(records), 6), squeeze=False)
   for ax, r in zip(axes[0], records):
     g = np.asarray([_as_float(row) for row in r["output_grad"]])
     bound = np.nanmax(np.abs(g))
@@ -198,7 +207,7 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str) -> Non
   wider); the last panel puts every conv layer's gradient norm on a log axis.
   """
   groups = _by_arm(members, "layer_histogram")  # members that overflowed have none
-  fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4), squeeze=False)
+  fig, axes = _subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4), squeeze=False)
   for i, (ax, (arm, records)) in enumerate(zip(axes[0], groups.items())):
     h = records[0]["layer_histogram"]
     edges = _as_float(h["edges"])
@@ -232,7 +241,7 @@ def random_matrix_figure(results: dict, path: str) -> None:
   products = results["products"]
   arms = _by_arm(results["jacobian"])
   cols = max(len(products), 2)
-  fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7), squeeze=False)
+  fig, axes = _subplots(2, cols, figsize=(4.2 * cols, 7), squeeze=False)
   for ax, (name, p) in zip(axes[0], products.items()):
     s = _as_float(p["singular_values"])
     ax.hist(s, bins=60, density=True, color="C0")
@@ -277,7 +286,7 @@ def divergence_figure(result: dict[str, Any], path: str) -> None:
   Bottom row: gradient predictiveness ‖∇L(θ − ηg) − g‖ (Santurkar et al.).
   """
   arms = result["arms"]
-  fig, axes = plt.subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
+  fig, axes = _subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
   for col, arm in enumerate(arms):
     top, bottom = axes[0, col], axes[1, col]
     for m in arm["minibatches"]:
@@ -312,7 +321,7 @@ def sgd_noise_figure(result: dict[str, Any], path: str) -> None:
   per-layer C of the conv and dense kernels in depth order, one line per rate.
   """
   arms = result["arms"]
-  fig, axes = plt.subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
+  fig, axes = _subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
   for col, arm in enumerate(arms):
     top, bottom = axes[0, col], axes[1, col]
     alive = [m for m in arm["members"] if not m["diverged"]]

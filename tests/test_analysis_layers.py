@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -13,7 +15,7 @@ from bnjax import config as config_lib, data, jobs, sweep
 from bnjax.analysis import activations as act, common, gradients as grad, random_matrix as rm
 from bnjax.models import make_model
 
-from conftest import load_config
+from conftest import REPO, load_config
 
 
 def _model(norm: str, depth: int = 8) -> nn.Module:
@@ -121,6 +123,35 @@ def test_layer_functions_on_a_tiny_resnet(batch):
   np.testing.assert_allclose(update["mean_2"][0], jnp.mean(layers[1], axis=(0, 1, 2)), rtol=1e-4,
                              atol=1e-6)
   assert update["var_8"].shape == (2, 10) and bool(jnp.all(update["var_8"][1] != update["var_8"][0]))
+
+
+def test_layer_numbers_outside_1_to_L_are_refused(batch):
+  """Layer 0 or -1 would silently count from the end; past L would fail obscurely."""
+  images, labels = batch
+  model = _model("none")
+  variables = common.init_variables(model, 0)
+  params = variables["params"]  # shaped like a gradient, which is all layer_gradient_values needs
+  np.testing.assert_array_equal(grad.layer_gradient_values(params, 1),
+                                common.conv_kernels(params)[0][1].ravel())
+  assert grad.layer_gradient_values(params, 7).size > 0  # ResNet-8: convs 1..7
+  for layer in (0, -1, 8):
+    with pytest.raises(ValueError, match=r"conv layers are 1\.\.7"):
+      grad.layer_gradient_values(params, layer)
+  update = lambda layers: jax.eval_shape(lambda v: act.diverging_update_moments(
+      model, v, images, labels, 1e-3, jnp.asarray([0.0]), layers), variables)
+  assert update((1, 8))["var_8"].shape == (1, 10)
+  for layers in ((0,), (2, -1), (9,)):
+    with pytest.raises(ValueError, match=r"weight layers are 1\.\.8"):
+      update(layers)
+
+
+def test_importing_analyze_keeps_the_matplotlib_backend():
+  """plots builds Figure objects, so a notebook's backend survives `import bnjax.analyze`."""
+  code = "import bnjax.analyze, matplotlib; print(matplotlib.get_backend())"
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": REPO}, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == "svg"
 
 
 def _tiny(name: str):

@@ -9,8 +9,7 @@ the same propagation at every residual block in "signal propagation plots".
 
 Every function here is a pure, jittable function of (model, variables,
 batch) returning a pytree of arrays; vmap it over stacked members to get a
-leading member axis. Layer names (which are strings, not arrays) come from
-`layer_paths`.
+leading member axis.
 
 "Layer k" counts weight layers as the paper does: the convolutions in depth
 order (k = 1 is the stem), then the classifier, so that ResNet-110's 109
@@ -53,14 +52,6 @@ def layer_statistics(model: nn.Module, variables: common.Variables, images_BxHxW
   return {kind: [channel_moments(x) for _, x in
                  common.recorded_layers(model, variables, images_BxHxWxC, kind, train_mode)]
           for kind in kinds}
-
-
-def layer_paths(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
-                kind: str) -> list[str]:
-  """Module paths of the recorded layers of `kind`, in depth order (no compute)."""
-  found = jax.eval_shape(
-      lambda v, x: common.recorded_layers(model, v, x, kind), variables, images_BxHxWxC)
-  return [path for path, _ in found]
 
 
 def numbered_layers(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
@@ -106,6 +97,14 @@ def signal_propagation(model: nn.Module, variables: common.Variables,
           "branch_var_N": jnp.stack([jnp.mean(s["var_C"]) for s in branches])}
 
 
+def _check_layers(layers: tuple[int, ...], num_layers: int) -> None:
+  """Refuses layer numbers outside 1..num_layers, which would index from the end or fail."""
+  bad = [k for k in layers if not 1 <= k <= num_layers]
+  if bad:
+    raise ValueError(f"Layers {bad} do not exist: this model's weight layers are"
+                     f" 1..{num_layers}, so pick layers in that range.")
+
+
 def sgd_direction(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
                   labels_B: jax.Array, lr: float | jax.Array) -> common.Variables:
   """Δθ = −lr·g, the plain SGD step of the batch-mean loss (params only; NaN on overflow)."""
@@ -127,7 +126,8 @@ def diverging_update_moments(model: nn.Module, variables: common.Variables,
   batch and space; plus "loss_S", the loss along the way (NaN where any
   weight layer's output overflowed), and "finite_S", whether every weight
   layer's output was finite. Fractions are visited one at a time
-  (`lax.map`) to keep memory at one forward pass.
+  (`lax.map`) to keep memory at one forward pass. A layer outside 1..L
+  raises ValueError rather than counting from the end.
   """
   step = sgd_direction(model, variables, images_BxHxWxC, labels_B, lr)
 
@@ -135,6 +135,7 @@ def diverging_update_moments(model: nn.Module, variables: common.Variables,
     params = jax.tree.map(lambda p, d: p + s * d, variables["params"], step)
     moved = {**variables, "params": params}
     outputs = numbered_layers(model, moved, images_BxHxWxC)
+    _check_layers(layers, len(outputs))  # L is known while tracing
     finite = forward.all_finite(outputs)
     result = {"loss": jnp.where(finite, train.cross_entropy(outputs[-1], labels_B), jnp.nan),
               "finite": finite}

@@ -68,9 +68,15 @@ def layer_gradient_values(grads: common.Variables, layer: int) -> jax.Array:
   """F3: every entry of weight layer `layer`'s kernel gradient, flattened.
 
   Layers are numbered from 1 in depth order (1 is the stem; the paper's
-  figure 3 uses layer 55 of ResNet-110, a 3x3x32x32 kernel in stage 2).
+  figure 3 uses layer 55 of ResNet-110, a 3x3x32x32 kernel in stage 2). A
+  layer outside 1..number of convs raises ValueError rather than counting
+  from the end, as Python's negative indices would.
   """
-  return common.conv_kernels(grads)[layer - 1][1].ravel()
+  kernels = common.conv_kernels(grads)
+  if not 1 <= layer <= len(kernels):
+    raise ValueError(f"Gradient layer {layer} does not exist: this model's conv layers are"
+                     f" 1..{len(kernels)}, so pick a layer in that range.")
+  return kernels[layer - 1][1].ravel()
 
 
 def gradient_summary(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,

@@ -18,9 +18,12 @@ That is the function the optimizer descends; the running averages are
 neither used nor updated. The loss is the cross-entropy alone (no weight
 decay term), as in the paper.
 
-All functions are pure and jittable; `model` and `etas` are static Python
-values, so jit them with `functools.partial`. They take one member's
-variables and can be vmapped over members.
+Every function but `along_gradient_host` is pure and jittable; `model` and
+`etas` are static Python values, so jit them with `functools.partial`. They
+take one member's variables and can be vmapped over members.
+`along_gradient_host` cannot be jitted or vmapped: it loops over η on the
+host, calling a jitted `line_point` per η (faster on a CPU), and gives the
+same dict as `along_gradient`.
 """
 
 from collections.abc import Sequence
