@@ -2,7 +2,7 @@
 
     DIR/checkpoints/<step>/arms       per arm: stacked member states and the
                                       metric sums since the last log line
-    DIR/checkpoints/<step>/progress   JSON: step, last_log_step
+    DIR/checkpoints/<step>/progress   JSON: step, last_log_step, state_format
 
 A checkpoint holds everything needed to continue exactly: member states
 (params, BN statistics, optimizer state, base rate, diverged flag and step),
@@ -32,6 +32,10 @@ from bnjax import errors, sweep, train, workdir as workdir_lib
 from bnjax.models import resnet
 
 CHECKPOINT_DIR = "checkpoints"
+# The layout of the saved arms tree (which leaves, their shapes); bump it when
+# the member state changes shape, so that an old checkpoint is reported as
+# such. Checkpoints from before it existed have no "state_format".
+STATE_FORMAT = 1
 
 
 def _directory(workdir: str) -> str:
@@ -49,7 +53,11 @@ def is_save_step(step: int, config: ml_collections.ConfigDict) -> bool:
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict,
                  read_only: bool = False) -> ocp.CheckpointManager:
-  """The run's CheckpointManager: asynchronous saves, the latest `keep` kept."""
+  """The run's CheckpointManager: asynchronous saves, the latest `keep` kept.
+
+  Its items' handlers are named so that `item_metadata` can read a saved
+  tree's layout before restoring it (see `restore`).
+  """
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(config.checkpoint.keep),
       checkpoint_managers.CustomSteps(kept_steps(config)),
@@ -57,13 +65,17 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict,
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy, enable_async_checkpointing=True,
       read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(_directory(workdir), options=options,
-                               item_names=("arms", "progress"))
+  handlers = {"arms": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(_directory(workdir), options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, arms: list[dict[str, Any]],
          progress: dict[str, int]) -> None:
-  """Starts an asynchronous save of `arms` (a pytree) and `progress` at `step`."""
+  """Starts an asynchronous save of `arms` (a pytree) and `progress` at `step`.
+
+  `progress` is saved with this bnjax's STATE_FORMAT added.
+  """
+  progress = {**progress, "state_format": STATE_FORMAT}
   manager.save(step, args=ocp.args.Composite(
       arms=ocp.args.StandardSave(arms), progress=ocp.args.JsonSave(progress)), force=True)
 
@@ -73,18 +85,67 @@ def restore(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str,
   """Restores (arms, progress) at `step` onto this host's default device.
 
   `like_arms` gives the structure, shapes and dtypes (arrays or
-  ShapeDtypeStructs); the run may have been saved on other devices.
+  ShapeDtypeStructs); the run may have been saved on other devices. A
+  checkpoint whose saved tree has other leaves or shapes (written by a bnjax
+  with another member state) is reported as such, not as damaged.
   """
   abstract = jax.tree.map(_abstract_on_default_device, like_arms)
+  path = os.path.join(str(manager.directory), str(step))
   try:
+    _check_layout(manager, step, like_arms, path)
     restored = manager.restore(step, args=ocp.args.Composite(
         arms=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+  except errors.WorkdirError:
+    raise
   except Exception as e:  # Orbax raises many types for damaged files
-    path = os.path.join(str(manager.directory), str(step))
     raise errors.WorkdirError(
         f"The checkpoint {path} cannot be read ({type(e).__name__}); delete that"
         " directory to fall back to the previous checkpoint, or use a new --workdir.") from None
   return restored["arms"], dict(restored["progress"])
+
+
+def _check_layout(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str, Any]],
+                  path: str) -> None:
+  """Raises WorkdirError if the saved arms tree has other leaves or shapes than `like_arms`.
+
+  Reads only metadata (and the progress JSON for the message); if those cannot
+  be read, the exception reaches `restore`, which reports a damaged checkpoint.
+  """
+  saved = manager.item_metadata(step)["arms"]
+  if saved is None:
+    return
+  differences = _layout_differences(_layout(getattr(saved, "tree", saved)), _layout(like_arms))
+  if not differences:
+    return
+  progress = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+  written = progress["progress"].get("state_format", "unrecorded, older than 1")
+  shown = ", ".join(differences[:3]) + (f" and {len(differences) - 3} more"
+                                        if len(differences) > 3 else "")
+  raise errors.WorkdirError(
+      f"The checkpoint {path} was written with a different state layout (state format"
+      f" {written}, this bnjax's is {STATE_FORMAT}; {shown}), so it is not damaged: read it with"
+      " the bnjax version that wrote it, or use a new --workdir.")
+
+
+def _layout(tree: Any) -> dict[str, tuple[int, ...]]:
+  """Leaf path ("0/states/params/stem/conv/kernel") -> shape, for arrays or Orbax metadata."""
+  def name(key: Any) -> str:
+    for field in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey (namedtuples)
+      if hasattr(key, field):
+        return str(getattr(key, field))
+    return str(key)
+  return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _layout_differences(saved: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+                        ) -> list[str]:
+  """Human-readable differences between two layouts: leaves missing, extra, or reshaped."""
+  missing = [f"{p} not saved" for p in expected if p not in saved]
+  extra = [f"{p} saved but not expected" for p in saved if p not in expected]
+  reshaped = [f"{p} saved as {saved[p]}, expected {expected[p]}"
+              for p in expected if p in saved and saved[p] != expected[p]]
+  return missing + extra + reshaped
 
 
 def _abstract_on_default_device(x: Any) -> jax.ShapeDtypeStruct:

@@ -5,6 +5,7 @@ steps; it fetches metrics every `log_every` steps and evaluates every
 `eval_every` steps (and at step 0 and the end).
 """
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -119,53 +120,52 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   num_members = sum(len(r.arm.members) for r in runs)
   num_steps = config.train.num_steps
   manager = checkpoint.make_manager(workdir, config)
-  resumed = _resume(runs, manager, workdir)
-  start, last_log_step = resumed or (0, 0)
-  writer = workdir_lib.MetricsWriter(workdir, keep_through_step=start if resumed else None)
+  with contextlib.ExitStack() as closing:  # however the run ends, saves finish and files close
+    closing.callback(manager.close)
+    resumed = _resume(runs, manager, workdir)
+    start, last_log_step = resumed or (0, 0)
+    writer = workdir_lib.MetricsWriter(workdir, keep_through_step=start if resumed else None)
+    closing.callback(writer.close)
 
-  def log(step: int, interval_start: int, fetched: dict[int, dict]) -> None:
-    factor = float(train.lr_factor(max(step - 1, 0), config.train))
-    for run in runs:
-      test = run.executor.evaluate(dataset) if _is_eval(step, config) else None
-      writer.write(_metric_records(run, step, interval_start, fields, factor,
-                                   fetched.get(run.arm.index), test))
-
-  def save(step: int) -> None:
-    checkpoint.save(manager, step, _payload(runs), {"step": step, "last_log_step": last_log_step})
-
-  workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
-  if not resumed:
-    log(0, 0, {})
-    save(0)
-  logging.info("Training %d members in %d arm(s), steps %d to %d.",
-               num_members, len(runs), start, num_steps)
-  last_log_time = time.perf_counter()
-  with _SigtermFlag() as sigterm:
-    for step in range(start, num_steps):
-      step_array = jnp.asarray(step, jnp.int32)
+    def log(step: int, interval_start: int, fetched: dict[int, dict]) -> None:
+      factor = float(train.lr_factor(max(step - 1, 0), config.train))
       for run in runs:
-        run.executor.step(dataset, step_array)
-      done = step + 1
-      if done % config.log_every == 0 or done == num_steps or _is_eval(done, config):
-        fetched = {run.arm.index: run.executor.take_metric_means(done - last_log_step)
-                   for run in runs}
-        log(done, last_log_step, fetched)
-        now = time.perf_counter()
-        _log_progress(done, num_steps, done - last_log_step, now - last_log_time,
-                      config.train.batch_size * num_members)
-        last_log_step, last_log_time = done, now
-        workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
-      if sigterm.raised or checkpoint.is_save_step(done, config):
-        save(done)
-      if sigterm.raised and done < num_steps:
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
-        raise errors.Preempted(f"SIGTERM at step {done}: saved a checkpoint in {workdir}; rerun the"
-                        " same command to resume.")
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
+        test = run.executor.evaluate(dataset) if _is_eval(step, config) else None
+        writer.write(_metric_records(run, step, interval_start, fields, factor,
+                                     fetched.get(run.arm.index), test))
+
+    def save(step: int) -> None:
+      checkpoint.save(manager, step, _payload(runs), {"step": step, "last_log_step": last_log_step})
+
+    workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
+    if not resumed:
+      log(0, 0, {})
+      save(0)
+    logging.info("Training %d members in %d arm(s), steps %d to %d.",
+                 num_members, len(runs), start, num_steps)
+    last_log_time = time.perf_counter()
+    with _SigtermFlag() as sigterm:
+      for step in range(start, num_steps):
+        step_array = jnp.asarray(step, jnp.int32)
+        for run in runs:
+          run.executor.step(dataset, step_array)
+        done = step + 1
+        if done % config.log_every == 0 or done == num_steps or _is_eval(done, config):
+          fetched = {run.arm.index: run.executor.take_metric_means(done - last_log_step)
+                     for run in runs}
+          log(done, last_log_step, fetched)
+          now = time.perf_counter()
+          _log_progress(done, num_steps, done - last_log_step, now - last_log_time,
+                        config.train.batch_size * num_members)
+          last_log_step, last_log_time = done, now
+          workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
+        if sigterm.raised or checkpoint.is_save_step(done, config):
+          save(done)
+        if sigterm.raised and done < num_steps:
+          manager.wait_until_finished()
+          raise errors.Preempted(f"SIGTERM at step {done}: saved a checkpoint in {workdir}; rerun the"
+                          " same command to resume.")
+    manager.wait_until_finished()
   table = members_table(runs, fields, finished=True)
   workdir_lib.write_members(workdir, table)
   plots.accuracy_figure(workdir_lib.read_metrics(workdir), table, fields,

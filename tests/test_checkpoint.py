@@ -11,9 +11,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from bnjax import checkpoint, errors, sweep, train
+from bnjax import checkpoint, errors, executor, loop, sweep, train, workdir as workdir_lib
 
 from conftest import REPO, tiny_config
 
@@ -147,11 +148,16 @@ def test_damaged_checkpoint_is_reported_in_one_sentence(uninterrupted, tmp_path)
 
 
 def test_example_script_inspects_a_member(uninterrupted):
-  result = subprocess.run([sys.executable, "examples/inspect_member.py", str(uninterrupted)],
+  script = [sys.executable, "examples/inspect_member.py"]
+  result = subprocess.run([*script, f"--workdir={uninterrupted}"],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"lr=0.3) at step {NUM_STEPS}: test accuracy" in result.stdout
   assert "stem/conv/kernel" in result.stdout
+  # A positional path, as the script once took, is refused with the flag to use instead.
+  positional = subprocess.run([*script, str(uninterrupted)], cwd=REPO, env=_env(),
+                              capture_output=True, text=True, timeout=120)
+  assert positional.returncode != 0 and "--workdir=DIR" in positional.stderr
 
 
 def test_loaded_members_of_a_scanned_model_have_one_entry_per_block():
@@ -169,3 +175,72 @@ def test_loaded_members_of_a_scanned_model_have_one_entry_per_block():
   expected = trained_as.apply(train.model_variables(run.member_state(member)), images)
   np.testing.assert_allclose(run.model(member).apply(variables, images), expected,
                              rtol=1e-5, atol=1e-5)
+
+
+def _tiny_checkpoint(workdir, progress: dict | None = None) -> tuple[object, list]:
+  """Saves step 0 of the tiny config's arms (zeros) into `workdir`: (config, abstract arms).
+
+  With `progress`, saves it as given (as an older bnjax did) instead of through
+  `checkpoint.save`, which adds the state format.
+  """
+  config = tiny_config()
+  abstract = checkpoint.abstract_arms(sweep.make_arms(config), config)
+  payload = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+  with checkpoint.make_manager(str(workdir), config) as manager:
+    if progress is None:
+      checkpoint.save(manager, 0, payload, {"step": 0, "last_log_step": 0})
+    else:
+      manager.save(0, args=ocp.args.Composite(arms=ocp.args.StandardSave(payload),
+                                              progress=ocp.args.JsonSave(progress)))
+  return config, abstract
+
+
+@pytest.mark.parametrize("change", ["extra_leaf", "other_shape"])
+def test_a_checkpoint_of_another_state_layout_is_not_called_damaged(tmp_path, change):
+  config, abstract = _tiny_checkpoint(tmp_path)
+  sums = abstract[0]["sums"]
+  if change == "extra_leaf":
+    sums["new_metric"] = jax.ShapeDtypeStruct(sums["train_loss"].shape, jnp.float32)
+    expected = "0/sums/new_metric not saved"
+  else:
+    sums["train_loss"] = jax.ShapeDtypeStruct((7,), jnp.float32)
+    expected = "0/sums/train_loss saved as"
+  with checkpoint.make_manager(str(tmp_path), config, read_only=True) as manager:
+    with pytest.raises(errors.WorkdirError) as raised:
+      checkpoint.restore(manager, 0, abstract)
+  message = str(raised.value)
+  assert "different state layout (state format 1" in message and expected in message
+  assert "not damaged" in message and "new --workdir" in message
+  assert "delete that directory" not in message
+
+
+def test_a_checkpoint_without_state_format_still_loads(tmp_path):
+  config, abstract = _tiny_checkpoint(tmp_path, progress={"step": 0, "last_log_step": 0})
+  with checkpoint.make_manager(str(tmp_path), config, read_only=True) as manager:
+    arms, progress = checkpoint.restore(manager, 0, abstract)
+    assert progress == {"step": 0, "last_log_step": 0}
+    jax.tree.map(lambda a, s: np.testing.assert_array_equal(a, np.zeros(s.shape, s.dtype)),
+                 arms, abstract)
+    abstract[1]["sums"]["new_metric"] = abstract[1]["sums"]["train_loss"]
+    with pytest.raises(errors.WorkdirError, match="state format unrecorded"):
+      checkpoint.restore(manager, 0, abstract)
+
+
+def test_a_failing_run_still_closes_its_checkpoints_and_metrics(tmp_path, monkeypatch):
+  closed = []
+  def recording(name, close):
+    def wrapped(self):
+      closed.append(name)
+      return close(self)
+    return wrapped
+  monkeypatch.setattr(ocp.CheckpointManager, "close",
+                      recording("manager", ocp.CheckpointManager.close))
+  monkeypatch.setattr(workdir_lib.MetricsWriter, "close",
+                      recording("writer", workdir_lib.MetricsWriter.close))
+  def failing_step(self, dataset, step):
+    raise RuntimeError("a step failed")
+  monkeypatch.setattr(executor.ArmExecutor, "step", failing_step)
+  with pytest.raises(RuntimeError, match="a step failed"):
+    loop.train_sweep(tiny_config(), str(tmp_path / "run"))
+  assert sorted(closed) == ["manager", "writer"]
+  assert checkpoint.available_steps(tmp_path / "run") == [0]  # the save before it finished

@@ -40,10 +40,9 @@ def members_at_init(config: ml_collections.ConfigDict, analysis: Callable[..., A
       yield arm_label(config, arm), int(seed), jax.device_get(run(variables, *args))
 
 
-def first_batch(config: ml_collections.ConfigDict, batch_size: int | None = None
-                ) -> tuple[jax.Array, jax.Array]:
+def first_batch(config: ml_collections.ConfigDict, dataset: data.Dataset,
+                batch_size: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Training batch 0 of the config's data stream: images (B, 32, 32, 3), labels (B,)."""
-  dataset = data.load(config.data)
   return data.train_batch(dataset, config.train.data_seed, 0,
                           batch_size or config.train.batch_size, config.data.augmentation)
 
@@ -68,9 +67,10 @@ def _histogram(values: np.ndarray, bins: int = 81) -> dict[str, Any]:
 
 def activations(config: ml_collections.ConfigDict, workdir: str) -> None:
   """F6 moments vs depth, signal propagation, and F5 moments along a diverging step."""
+  dataset = data.load(config.data)  # fails fast, before the workdir is touched
   workdir_lib.prepare(workdir, config)
   cfg = config.analysis
-  images, labels = first_batch(config)
+  images, labels = first_batch(config, dataset)
   fractions = jnp.linspace(0.0, 1.0, cfg.num_fractions)
   results: dict[str, Any] = {"batch_size": int(labels.shape[0]), "step": 0,
                              "update_lr": cfg.update_lr, "update_layers": list(cfg.update_layers),
@@ -105,9 +105,10 @@ def activations(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def gradients(config: ml_collections.ConfigDict, workdir: str) -> None:
   """F7 output-gradient heatmap with its input-independence scalars; F3 histogram and norms."""
+  dataset = data.load(config.data)  # fails fast, before the workdir is touched
   workdir_lib.prepare(workdir, config)
   layer = config.analysis.histogram_layer
-  images, labels = first_batch(config)
+  images, labels = first_batch(config, dataset)
   results: dict[str, Any] = {"batch_size": int(labels.shape[0]), "step": 0,
                              "histogram_layer": layer, "members": []}
   summary = lambda model, variables, x, y: grad.gradient_summary(model, variables, x, y, layer)
@@ -144,11 +145,12 @@ def _gradient_record(out: dict[str, Any], labels_B: jax.Array, first_seed: bool
 
 def random_matrix(config: ml_collections.ConfigDict, workdir: str) -> None:
   """F8 spectra of Gaussian products, and the network Jacobian's spectrum at init."""
+  dataset = data.load(config.data)  # fails fast, before the workdir is touched
   workdir_lib.prepare(workdir, config)
   cfg = config.analysis
   key = jax.random.key(cfg.matrix_seed)
   spectra = jax.jit(lambda k: rm.product_spectra(k, cfg.matrix_size, tuple(cfg.ks), cfg.trials))(key)
-  images, _ = first_batch(config, cfg.jacobian_batch)
+  images, _ = first_batch(config, dataset, cfg.jacobian_batch)
   results: dict[str, Any] = {
       "matrix_size": cfg.matrix_size, "trials": cfg.trials,
       "products": {k: {"singular_values": v, "max": float(jnp.max(v)),
