@@ -56,6 +56,7 @@ class Settings:
   warmup: int = 2
   repeats: int = 3
   chunk_size: int = 4
+  map_batch_size: int = 1
   train_size: int = 50_000
   augmentation: bool = True
   torch: bool = True
@@ -101,6 +102,8 @@ def parse_args(argv: list[str]) -> Settings:
                  help="interleaved timing rounds of --steps steps; the median round counts")
   p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps after the first (compiling) one")
   p.add_argument("--chunk_size", type=int, default=d.chunk_size, help="members per call of the chunked executor")
+  p.add_argument("--map_batch_size", type=int, default=d.map_batch_size,
+                 help="members vmapped per iteration of the map executor")
   p.add_argument("--train_size", type=int, default=d.train_size, help="synthetic training images on the device")
   p.add_argument("--augmentation", type=_bool, default=d.augmentation, help="random crop and flip in the step")
   p.add_argument("--torch", type=_bool, default=d.torch, help="also measure the PyTorch baseline")
@@ -219,8 +222,9 @@ def prepare(dataset: data.Dataset, model: CifarResNet, members: int, executor: s
   tx = optimizer()
   states = train.init_arm(model, tx, tuple(range(members)), jnp.full((members,), 0.1))
   size = executor_lib.chunk_size(executor, members, s.chunk_size)
+  loop = executor_lib.loop_members(executor, s.map_batch_size)
   arm = executor_lib.ArmExecutor.create(
-      train.make_arm_step(model, tx, train_config(s), s.augmentation),
+      train.make_arm_step(model, tx, train_config(s), s.augmentation, loop),
       train.make_arm_eval(model, s.batch), states, size)
   _block(arm.chunks)
   start = time.perf_counter()  # the first step compiles (every chunk shape)

@@ -48,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, keep_steps=()))
   # How members share the device; see bnjax/executor.py.
   c.executor = "auto"
-  c.chunk_size = 4
+  c.chunk_size = 4  # members per call of the chunked executor
+  c.map_batch_size = 1  # members vmapped per iteration of the map executor
   c.log_every = 100
   c.eval_every = 1000
   c.eval_batch_size = 1000
@@ -146,6 +147,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.executor in executor_lib.EXECUTORS,
          f"Unknown executor {config.executor!r}; use one of {list(executor_lib.EXECUTORS)}.")
   _check(config.chunk_size >= 1, f"config.chunk_size must be >= 1, got {config.chunk_size}.")
+  _check(config.map_batch_size >= 1,
+         f"config.map_batch_size must be >= 1, got {config.map_batch_size}.")
   _check(config.checkpoint.every > 0 and config.checkpoint.keep > 0,
          "config.checkpoint.every and config.checkpoint.keep must be positive.")
   _check(all(0 <= s <= train.num_steps for s in config.checkpoint.keep_steps),

@@ -1,7 +1,7 @@
-"""How an arm's members share the device: vmapped together, one by one, or in chunks.
+"""How an arm's members share the device: vmapped together, one by one, in chunks, or looped.
 
-All three run the same compiled program, `jit(vmap(member_step))`, over
-chunks of k members of the stacked state:
+The first three run the same compiled program, `jit(vmap(member_step))`,
+over chunks of k members of the stacked state:
 
   vmap        k = M: one call a step for all members. On accelerators this
               is one wide program; on XLA:CPU every conv becomes a grouped
@@ -10,6 +10,13 @@ chunks of k members of the stacked state:
   sequential  k = 1: M calls a step of one compiled single-member program
               (no recompilation per member).
   chunked     k = config.chunk_size: M / k calls a step.
+
+The fourth runs every member inside one program:
+
+  map         one call a step; inside it `lax.map` steps the members one
+              after another (config.map_batch_size of them vmapped per
+              iteration; 1: no grouped convolutions at all). One dispatch
+              like vmap, separate convolutions like sequential.
 
 `auto` picks sequential on CPU, a rule measured there (docs/performance.md),
 and vmap elsewhere, where one launch for all members should pay (unmeasured).
@@ -27,7 +34,7 @@ import numpy as np
 
 from bnjax import data, errors, train
 
-EXECUTORS = ("auto", "vmap", "sequential", "chunked")
+EXECUTORS = ("auto", "vmap", "sequential", "chunked", "map")
 
 
 def resolve(executor: str, backend: str | None = None) -> str:
@@ -42,13 +49,22 @@ def resolve(executor: str, backend: str | None = None) -> str:
 def chunk_size(executor: str, num_members: int, chunk: int, backend: str | None = None) -> int:
   """Members per compiled call for `executor` on `backend` (default: JAX's)."""
   executor = resolve(executor, backend)
-  if executor == "vmap":
+  if executor in ("vmap", "map"):
     return num_members
   if executor == "sequential":
     return 1
   if chunk < 1:
     raise errors.ConfigError(f"config.chunk_size must be >= 1 for the chunked executor, got {chunk}.")
   return min(chunk, num_members)
+
+
+def loop_members(executor: str, map_batch_size: int, backend: str | None = None) -> int | None:
+  """`train.make_arm_step`'s loop_members for `executor`: None (vmap) or members per iteration."""
+  if resolve(executor, backend) != "map":
+    return None
+  if map_batch_size < 1:
+    raise errors.ConfigError(f"config.map_batch_size must be >= 1, got {map_batch_size}.")
+  return map_batch_size
 
 
 def split(stacked: Any, size: int) -> list[Any]:

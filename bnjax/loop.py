@@ -32,7 +32,9 @@ def build_arm(arm: sweep.Arm, config: ml_collections.ConfigDict) -> ArmRun:
   tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
   size = executor_lib.chunk_size(config.executor, len(arm.members), config.chunk_size)
   return ArmRun(arm, executor_lib.ArmExecutor.create(
-      step_fn=train.make_arm_step(model, tx, config.train.to_dict(), config.data.augmentation),
+      step_fn=train.make_arm_step(
+          model, tx, config.train.to_dict(), config.data.augmentation,
+          executor_lib.loop_members(config.executor, config.map_batch_size)),
       eval_fn=train.make_arm_eval(model, config.eval_batch_size),
       states=train.init_arm(model, tx, arm.seeds, arm.lrs),
       size=size))

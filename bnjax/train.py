@@ -10,8 +10,9 @@ A member's state is a plain dict:
 
 An arm's state stacks these along a leading member axis M, and
 `make_arm_step` returns one jitted program that advances all M members on a
-shared batch: `jit(vmap(member_step))`, with the learning rate a per-member
-traced value so that no rate triggers a recompilation.
+shared batch: `jit(vmap(member_step))` (or `jit(lax.map(member_step))`),
+with the learning rate a per-member traced value so that no rate triggers a
+recompilation.
 """
 
 import functools
@@ -137,23 +138,36 @@ def member_step(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_arm_step(model: nn.Module, tx: optax.GradientTransformation,
-                  train_config: Mapping[str, Any], augmentation: bool
+                  train_config: Mapping[str, Any], augmentation: bool,
+                  loop_members: int | None = None
                   ) -> Callable[[State, Metrics, data.Dataset, jax.Array], tuple[State, Metrics]]:
   """The jitted step of a whole arm: (states, metric_sums, dataset, step).
 
-  All members see training batch `step` of the shared data stream. Per-member
-  metrics are added to `metric_sums` (each (M,)) on the device, so the host
-  fetches them only when it logs. States and sums are donated.
+  All members see training batch `step` of the shared data stream. With
+  `loop_members` None the step is vmapped over the members (every conv a
+  grouped convolution); with k >= 1 the members run one after another
+  inside the same program (`lax.map`), k of them vmapped together per
+  iteration, so that one dispatch advances them all without grouped convs
+  for k = 1. Per-member metrics are added to `metric_sums` (each (M,)) on
+  the device, so the host fetches them only when it logs. States and sums
+  are donated.
   """
   train_config = dict(train_config)
   step_fn = functools.partial(member_step, model, tx, train_config)
+
+  def all_members(states: State, images: jax.Array, labels: jax.Array,
+                  step: jax.Array) -> tuple[State, Metrics]:
+    one = lambda state: step_fn(state, images, labels, step)
+    if loop_members is None:
+      return jax.vmap(one)(states)
+    return jax.lax.map(one, states, batch_size=loop_members if loop_members > 1 else None)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def arm_step(states: State, sums: Metrics, dataset: data.Dataset,
                step: jax.Array) -> tuple[State, Metrics]:
     images, labels = data.train_batch(dataset, train_config["data_seed"], step,
                                       train_config["batch_size"], augmentation)
-    states, metrics = jax.vmap(step_fn, in_axes=(0, None, None, None))(states, images, labels, step)
+    states, metrics = all_members(states, images, labels, step)
     return states, jax.tree.map(jnp.add, sums, metrics)
 
   return arm_step

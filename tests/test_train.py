@@ -16,19 +16,20 @@ from conftest import tiny_config
 
 
 @functools.cache
-def _compiled(config_json: str, norm: str):
-  """(model, tx, step_fn, eval_fn) of an arm, built once per config and norm."""
+def _compiled(config_json: str, norm: str, loop_members: int | None = None):
+  """(model, tx, step_fn, eval_fn) of an arm, built once per config, norm and member loop."""
   config = ml_collections.ConfigDict(json.loads(config_json))
   model = make_model({**config.model.to_dict(), "norm": norm})
   tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
-  step_fn = train.make_arm_step(model, tx, config.train.to_dict(), config.data.augmentation)
+  step_fn = train.make_arm_step(model, tx, config.train.to_dict(), config.data.augmentation,
+                                loop_members)
   return model, tx, step_fn, train.make_arm_eval(model, config.eval_batch_size)
 
 
 def _trajectory(config, dataset, norm: str, lrs: list[float], seeds: list[int], chunk: int,
-                steps: int) -> list:
+                steps: int, loop_members: int | None = None) -> list:
   """Trains members of one arm; the stacked state (numpy) after each step."""
-  model, tx, step_fn, eval_fn = _compiled(config.to_json(), norm)
+  model, tx, step_fn, eval_fn = _compiled(config.to_json(), norm, loop_members)
   states = train.init_arm(model, tx, tuple(seeds), jnp.asarray(lrs, jnp.float32))
   arm = executor.ArmExecutor.create(step_fn, eval_fn, states, chunk)
   snapshots = [jax.device_get(arm.states)]
@@ -38,9 +39,10 @@ def _trajectory(config, dataset, norm: str, lrs: list[float], seeds: list[int], 
   return snapshots
 
 
-def _run(config, dataset, norm: str, lrs: list[float], seeds: list[int], chunk: int, steps: int):
+def _run(config, dataset, norm: str, lrs: list[float], seeds: list[int], chunk: int, steps: int,
+         loop_members: int | None = None):
   """Trains members of one arm for `steps` steps; returns the stacked state."""
-  return _trajectory(config, dataset, norm, lrs, seeds, chunk, steps)[-1]
+  return _trajectory(config, dataset, norm, lrs, seeds, chunk, steps, loop_members)[-1]
 
 
 def _assert_close(a, b, rel: float) -> None:
@@ -83,30 +85,42 @@ def test_scanned_blocks_train_exactly_like_unrolled_blocks(tiny_dataset):
     _assert_close(scanned[-1][part], unrolled[-1][part], rel)
 
 
-def test_sequential_and_chunked_executors_agree_with_vmap(tiny_dataset):
+def test_sequential_chunked_and_map_executors_agree_with_vmap(tiny_dataset):
   config = tiny_config(num_steps=100)
   lrs, seeds = [0.01, 0.02, 0.05, 0.1], [0, 1, 2, 3]
   vmapped = _run(config, tiny_dataset, "batch", lrs, seeds, chunk=4, steps=2)
-  for chunk in (1, 3):  # 3 leaves a ragged last chunk
-    other = _run(config, tiny_dataset, "batch", lrs, seeds, chunk=chunk, steps=2)
+  others = [_run(config, tiny_dataset, "batch", lrs, seeds, chunk=chunk, steps=2)
+            for chunk in (1, 3)]  # 3 leaves a ragged last chunk
+  # The map executor: one call, members looped inside it, 1 or 3 (ragged) vmapped at a time.
+  others += [_run(config, tiny_dataset, "batch", lrs, seeds, chunk=4, steps=2, loop_members=k)
+             for k in (1, 3)]
+  for other in others:
     _assert_close(other["params"], vmapped["params"], 1e-5)
     np.testing.assert_array_equal(other["diverged"], vmapped["diverged"])
 
 
-@pytest.mark.parametrize("chunk", [1, 3])
-def test_diverged_member_is_frozen_and_does_not_touch_the_others(chunk, tiny_dataset):
+def test_map_executor_runs_every_member_in_one_call():
+  assert executor.chunk_size("map", 5, 2) == 5
+  assert executor.loop_members("map", 1) == 1 and executor.loop_members("vmap", 1) is None
+  assert executor.loop_members("auto", 1, backend="cpu") is None
+
+
+@pytest.mark.parametrize("chunk, loop_members", [(1, None), (3, None), (3, 1)])
+def test_diverged_member_is_frozen_and_does_not_touch_the_others(chunk, loop_members,
+                                                                  tiny_dataset):
   config = tiny_config(num_steps=100)
-  bad = _run(config, tiny_dataset, "none", [0.01, 0.05, 1e4], [0, 1, 2], chunk=chunk, steps=4)
+  run = lambda lrs, seeds: _run(config, tiny_dataset, "none", lrs, seeds, chunk, 4, loop_members)
+  bad = run([0.01, 0.05, 1e4], [0, 1, 2])
   assert bad["diverged"].tolist() == [False, False, True]
   assert 0 <= int(bad["diverged_step"][2]) < 4
   assert bad["diverged_step"][:2].tolist() == [-1, -1]
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(bad["params"]))
   # Bit-identical survivors: against the same program with a healthy third
   # member, and (one member per call) against a sweep without it.
-  benign = _run(config, tiny_dataset, "none", [0.01, 0.05, 0.02], [0, 1, 2], chunk=chunk, steps=4)
+  benign = run([0.01, 0.05, 0.02], [0, 1, 2])
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[:2], b[:2]), bad, benign)
   if chunk == 1:
-    without = _run(config, tiny_dataset, "none", [0.01, 0.05], [0, 1], chunk=1, steps=4)
+    without = run([0.01, 0.05], [0, 1])
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[:2], b), bad, without)
 
 
