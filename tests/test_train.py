@@ -80,9 +80,12 @@ def test_scanned_blocks_train_exactly_like_unrolled_blocks(tiny_dataset):
     runs[scan] = _trajectory(config, tiny_dataset, "batch", lrs, seeds, chunk=2, steps=2)
   unrolled, scanned = runs[False], [jax.vmap(resnet.unscan)(state) for state in runs[True]]
   jax.tree.map(np.testing.assert_array_equal, scanned[0], unrolled[0])
-  # The momentum is the raw gradients, where rounding shows more than in params.
-  for part, rel in (("params", 1e-5), ("batch_stats", 1e-5), ("opt_state", 1e-3)):
-    _assert_close(scanned[-1][part], unrolled[-1][part], rel)
+  # Step 1 differs by rounding alone (measured: 2e-8 in params, 8e-7 in the
+  # momentum, which is the raw gradient); by step 2 a rare ReLU flip has
+  # amplified it (4e-5 and 3e-3).
+  for step, tolerances in ((1, (1e-6, 1e-6, 1e-5)), (2, (1e-4, 1e-4, 1e-2))):
+    for part, rel in zip(("params", "batch_stats", "opt_state"), tolerances):
+      _assert_close(scanned[step][part], unrolled[step][part], rel)
 
 
 def test_sequential_chunked_and_map_executors_agree_with_vmap(tiny_dataset):
