@@ -172,8 +172,7 @@ def make_model(depth: int, norm: str, dtype: str, scan_blocks: bool = False) -> 
 def optimizer() -> optax.GradientTransformation:
   """The training default SGD, one object for all measurements.
 
-  One object lets `train.init_arm` reuse its compiled initialiser across
-  executors (it caches per (model, optimizer)); init is never timed.
+  Init is never timed.
   """
   return train.make_optimizer(0.9, 1e-4)
 
