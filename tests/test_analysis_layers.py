@@ -210,3 +210,17 @@ def test_analyses_vmap_over_members(batch):
   for i, v in enumerate(members):
     one = jax.jit(analysis)(v)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-6), stacked, one)
+
+
+def test_layers_stay_in_depth_order_with_a_hundred_blocks_per_stage():
+  """ResNet-608 has 101 blocks per stage: block100 must follow block99, not block10."""
+  model = _model("none", depth=608)
+  params = jax.eval_shape(lambda: common.init_variables(model, 0))["params"]
+  paths = [path for path, _ in common.conv_kernels(params)]
+  expected = ["stem"] + [f"stage{s}_block{b:02d}/conv_norm{c}"
+                         for s in (1, 2, 3) for b in range(101) for c in (1, 2)]
+  assert paths == expected
+  names = ["classifier/kernel", "stage1_block100/conv_norm1/conv/kernel",
+           "stage1_block10/conv_norm1/conv/kernel", "stem/conv/kernel"]
+  ordered = sorted(names, key=lambda n: common.depth_key(n.rsplit("/", 2)[0]))
+  assert ordered == [names[3], names[2], names[1], names[0]]

@@ -1,5 +1,6 @@
 """Pieces every analysis needs: the loss, recorded layers in depth order, members at init."""
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,14 +70,24 @@ def recorded_layers(model: nn.Module, variables: Variables, images_BxHxWxC: jax.
   flat = flax.traverse_util.flatten_dict(resnet.unscan(state["intermediates"]), sep="/")
   found = [(path.rsplit("/", 1)[0] if "/" in path else "", values[0])
            for path, values in flat.items() if path.rsplit("/", 1)[-1] == kind]
-  return sorted(found, key=lambda item: _depth_key(item[0]))
+  return sorted(found, key=lambda item: depth_key(item[0]))
 
 
-def _depth_key(path: str) -> tuple:
-  """stem < stage1_block00/conv_norm1 < .../conv_norm2 < .../projection < stage1_block01 ..."""
-  order = {"stem": 0, "conv_norm1": 1, "conv_norm2": 2, "projection": 3, "": 9}
-  parts = path.split("/")
-  return tuple((order.get(p, 5), p) for p in parts)
+def depth_key(path: str) -> tuple:
+  """Sort key of a module path in depth order, the classifier last.
+
+  stem < stage1_block00/conv_norm1 < .../conv_norm2 < .../projection <
+  stage1_block01 < ... < stage1_block100 < ... < stage2_block00 ... <
+  classifier. Numbers in names compare as numbers, so that stages of 100
+  or more blocks (ResNet-608 and deeper) stay in order.
+  """
+  order = {"stem": 0, "conv_norm1": 1, "conv_norm2": 2, "projection": 3, "classifier": 8, "": 9}
+  return tuple((order.get(p, 5), _natural(p)) for p in path.split("/"))
+
+
+def _natural(name: str) -> tuple:
+  """"stage1_block100" -> ("stage", 1, "_block", 100, ""): digit runs compare as integers."""
+  return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def arm_models(config: ml_collections.ConfigDict) -> list[tuple[sweep.Arm, nn.Module]]:
@@ -102,4 +113,4 @@ def conv_kernels(params: Variables) -> list[tuple[str, jax.Array]]:
   flat = flax.traverse_util.flatten_dict(resnet.unscan(params), sep="/")
   found = [(path.rsplit("/", 2)[0], value) for path, value in flat.items()
            if path.endswith("conv/kernel")]
-  return sorted(found, key=lambda item: _depth_key(item[0]))
+  return sorted(found, key=lambda item: depth_key(item[0]))

@@ -144,11 +144,8 @@ def noise_member(config, program: NoiseProgram, state: train.State, pool: tuple,
 
 def _depth_ordered(names: list[str], values: list[float]) -> dict[str, float]:
   """{leaf path: value} in depth order (stem first, classifier last)."""
-  def key(item):
-    module = item[0].rsplit("/", 2)[0]
-    depth = common._depth_key(module)  # pylint: disable=protected-access
-    return (module.startswith("classifier"), depth)
-  return dict(sorted(zip(names, values), key=key))
+  module = lambda name: name.rsplit("/", 2)[0]
+  return dict(sorted(zip(names, values), key=lambda item: common.depth_key(module(item[0]))))
 
 
 def sgd_noise(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

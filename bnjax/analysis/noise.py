@@ -38,6 +38,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import flatten_util
 
 from bnjax import forward, train
 from bnjax.analysis import common
@@ -108,8 +109,8 @@ def per_example_grads(loss_fn: LossFn, params: Any, x_N: jax.Array, y_N: jax.Arr
 
 
 def flatten(tree: Any) -> jax.Array:
-  """The leaves of a pytree concatenated into one vector (P,)."""
-  return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+  """The leaves of a pytree concatenated into one vector (P,), in `jax.tree.leaves` order."""
+  return flatten_util.ravel_pytree(tree)[0]
 
 
 def leaf_names(tree: Any) -> list[str]:
