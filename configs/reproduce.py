@@ -49,6 +49,6 @@ def get_config(arg=None):
     config.data.synthetic_train_size = 256
     config.data.synthetic_test_size = 64
     config.analysis.update(dict(
-        batch_size=16, train_batch_size=8, train_steps=7, num_etas=5, noise_pool_size=16,
+        batch_size=8, train_batch_size=8, train_steps=7, num_etas=5, noise_pool_size=16,
         noise_batch_size=4, noise_chunk=8, matrix_size=64, compare_initializers=("he_normal",)))
   return config
