@@ -54,7 +54,8 @@ def chunk_size(executor: str, num_members: int, chunk: int, backend: str | None 
   if executor == "sequential":
     return 1
   if chunk < 1:
-    raise errors.ConfigError(f"config.chunk_size must be >= 1 for the chunked executor, got {chunk}.")
+    raise errors.ConfigError(
+        f"config.chunk_size must be >= 1 for the chunked executor, got {chunk}.")
   return min(chunk, num_members)
 
 

@@ -165,8 +165,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
           save(done)
         if sigterm.raised and done < num_steps:
           manager.wait_until_finished()
-          raise errors.Preempted(f"SIGTERM at step {done}: saved a checkpoint in {workdir}; rerun the"
-                          " same command to resume.")
+          raise errors.Preempted(f"SIGTERM at step {done}: saved a checkpoint in {workdir};"
+                                 " rerun the same command to resume.")
     manager.wait_until_finished()
   table = members_table(runs, fields, finished=True)
   workdir_lib.write_members(workdir, table)

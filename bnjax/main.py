@@ -40,12 +40,14 @@ def _config_spec(argv: list[str]) -> str | None:
   for i, arg in enumerate(argv):
     match = re.fullmatch(r"--?config(?:=(.*))?", arg)
     if match:
-      return match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+      if match.group(1) is not None:
+        return match.group(1)
+      return argv[i + 1] if i + 1 < len(argv) else None
   return None
 
 
 def _missing_override(argv: list[str]) -> tuple[str, str, list[str]] | None:
-  """The first `--config.FIELD` override in `argv` that the config lacks, and its section's fields."""
+  """The first `--config.FIELD` override in `argv` the config lacks, and its section's fields."""
   spec = _config_spec(argv)
   if spec is None:
     return None
@@ -61,7 +63,7 @@ def _missing_override(argv: list[str]) -> tuple[str, str, list[str]] | None:
 
 
 def _section_fields(config: ml_collections.ConfigDict, field: str) -> tuple[str, list[str]]:
-  """The deepest existing section on `field`'s path ("config.model") and its fields, for the hint."""
+  """The deepest existing section on `field`'s path ("config.model") and its fields."""
   section = "config"
   for name in field.split(".")[:-1]:
     if not isinstance(config.get(name), ml_collections.ConfigDict):

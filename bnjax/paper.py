@@ -117,8 +117,10 @@ CLAIMS: tuple[Claim, ...] = (
             -1.5, note=_GROWTH),
     _decade("f6_log10_abs_mean/none/110", "F6", "no BN: log10 |channel mean|, layer 110",
             "≈ 3.5", 3.5, note=_GROWTH),
-    _decade("f6_log10_std/none/6", "F6", "no BN: log10 channel std, layer 6", "≈ −1.3", -1.3, note=_GROWTH),
-    _decade("f6_log10_std/none/110", "F6", "no BN: log10 channel std, layer 110", "≈ 3.0", 3.0, note=_GROWTH),
+    _decade("f6_log10_std/none/6", "F6", "no BN: log10 channel std, layer 6", "≈ −1.3", -1.3,
+            note=_GROWTH),
+    _decade("f6_log10_std/none/110", "F6", "no BN: log10 channel std, layer 110", "≈ 3.0", 3.0,
+            note=_GROWTH),
     Claim("f6_log10_abs_mean_range/batch", "F6",
           "BN: largest − smallest log10 |channel mean| over layers 6, 18, …, 110",
           "roughly flat (≈ −1.1…0.5: a span ≤ 1.6)", 0.0, 1.6),
@@ -136,8 +138,8 @@ CLAIMS: tuple[Claim, ...] = (
           " output gradient in one class column; the classifier's initialiser and the data"
           " set are the untested candidates."),
     # F8: largest singular value of a product of k Gaussian matrices.
-    Claim("f8_max_singular/1", "F8", "largest singular value, 1 matrix", "≈ 2 (spread over [0, 2])",
-          1.7, 2.3),
+    Claim("f8_max_singular/1", "F8", "largest singular value, 1 matrix",
+          "≈ 2 (spread over [0, 2])", 1.7, 2.3),
     Claim("f8_max_singular/3", "F8", "largest singular value, product of 3", "≈ 3.2", 2.7, 3.7),
     Claim("f8_max_singular/5", "F8", "largest singular value, product of 5", "≈ 4", 3.4, 4.6),
 )

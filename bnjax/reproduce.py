@@ -129,7 +129,8 @@ def at_initialisation(programs: Programs, variables: common.Variables,
          "log10_abs_mean_L": probed["log10_abs_mean_L"], "log10_std_L": probed["log10_std_L"],
          "max_abs_grad": float(np.max(np.abs(layer_values))),
          "grad_std": float(np.std(layer_values)),
-         "same_class_share": float(grad.input_independence(g["output_grad_BxK"])["same_class_share"])}
+         "same_class_share": float(
+             grad.input_independence(g["output_grad_BxK"])["same_class_share"])}
   if out["finite"]:
     out["line"] = relative_loss_line(programs, variables, g["grads"], batch, _etas(cfg),
                                      out["loss"])
@@ -180,7 +181,8 @@ def first_steps(programs: Programs, config: ml_collections.ConfigDict, dataset: 
     losses.append(float(metrics["train_loss"]))
   end = float(programs.probe(train.model_variables(state), *probe_batch)["loss"])
   diverged = bool(state["diverged"])
-  return {"lr": lr, "rate": rate, "probe_loss_start": start, "probe_loss_end": end, "train_loss": losses,
+  return {"lr": lr, "rate": rate, "probe_loss_start": start, "probe_loss_end": end,
+          "train_loss": losses,
           "diverged": diverged, "diverged_step": int(state["diverged_step"]) if diverged else None,
           "trains": (not diverged) and end < start, "lines": lines}
 
@@ -261,8 +263,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Numbers:
       jax.random.key(0), cfg.matrix_size, tuple(cfg.ks), cfg.trials)))
   measured = {**_claim_values(arms, config),
               **{f"f8_max_singular/{k[1:]}": float(np.max(v)) for k, v in spectra.items()}}
-  rows = [{**vars(c), "measured": measured.get(c.key), "verdict": paper.verdict(c, measured.get(c.key))}
-          for c in paper.CLAIMS]
+  rows = [{**vars(c), "measured": measured.get(c.key),
+           "verdict": paper.verdict(c, measured.get(c.key))} for c in paper.CLAIMS]
   result = {"data": data_name, "device": _device(), "seconds": clock.sections,
             "total_seconds": time.perf_counter() - clock.start, "settings": _settings(config),
             "rows": rows, "arms": arms}
@@ -363,7 +365,8 @@ def _settings(config: ml_collections.ConfigDict) -> Numbers:
 
 def _device() -> str:
   device = jax.devices()[0]
-  return f"{device.device_kind} ({jax.default_backend()}, {os.cpu_count()} CPU cores, {platform.machine()}), jax {jax.__version__}"
+  return (f"{device.device_kind} ({jax.default_backend()}, {os.cpu_count()} CPU cores,"
+          f" {platform.machine()}), jax {jax.__version__}")
 
 
 def _number(x: Any) -> str:
@@ -459,7 +462,8 @@ def _first_steps_table(result: Numbers) -> list[str]:
     for run in arm["first_steps"]:
       losses = run["train_loss"]
       diverged = f"at step {run['diverged_step']}" if run["diverged"] else "no"
-      lines.append(f"| {norm} | {run['lr']:g} | {run['rate']:g} | {_number(run['probe_loss_start'])} →"
+      lines.append(f"| {norm} | {run['lr']:g} | {run['rate']:g} |"
+                   f" {_number(run['probe_loss_start'])} →"
                    f" {_number(run['probe_loss_end'])} | {_number(losses[0])} →"
                    f" {_number(losses[-1])} | {diverged} |")
   return lines

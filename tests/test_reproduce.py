@@ -15,7 +15,8 @@ def test_verdict_judges_the_band_and_never_passes_a_missing_number():
   claim = paper.Claim("k", "F4", "what", "reading", 1e-3, 5e-3)
   assert paper.verdict(claim, 1e-3) == "agrees" and paper.verdict(claim, 5e-3) == "agrees"
   assert paper.verdict(claim, 6e-3) == "differs" and paper.verdict(claim, math.inf) == "differs"
-  assert paper.verdict(claim, math.nan) == "not measured" and paper.verdict(claim, None) == "not measured"
+  assert paper.verdict(claim, math.nan) == "not measured"
+  assert paper.verdict(claim, None) == "not measured"
 
 
 def test_claim_keys_are_unique():
