@@ -82,7 +82,8 @@ def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[s
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("accuracy (%)")
   axes[1].legend(fontsize=7, loc="lower right")
-  _save(fig, path, "Accuracy during training (mean and min-max over seeds)")
+  _save(fig, path, "Accuracy during training (mean and min-max over seeds: the spread over"
+                   " initialisations, all seeds seeing the same data)")
 
 
 # ---------------------------------------------------------------- layer analyses at initialisation
