@@ -146,26 +146,22 @@ def _etas(cfg: ml_collections.ConfigDict) -> np.ndarray:
 
 
 def first_steps(programs: Programs, config: ml_collections.ConfigDict, dataset: data.Dataset,
-                lr: float, probe_batch: tuple[jax.Array, jax.Array], line_at: tuple[int, ...] = (),
-                variables: common.Variables | None = None) -> Numbers:
+                variables: common.Variables, lr: float, probe_batch: tuple[jax.Array, jax.Array],
+                line_at: tuple[int, ...] = ()) -> Numbers:
   """F1's start: `train_steps` SGD steps at constant rate `lr`.
 
   A rate of `warmup_from_lr` or more runs at `warmup_factor` times itself:
   He et al. (2016) warm ResNet-110 up at 0.01 for its first 400 steps
   before going to 0.1, and these are those steps.
 
-  From `variables` (default: the model's initialisation with seed
-  `sweep.seeds[0]`). Before the updates of the minibatches in `line_at`
+  From `variables`, the member at initialisation. Before the updates of the minibatches in `line_at`
   (1-based), F4's line is measured on that minibatch. The probe loss (train
   mode, on `probe_batch`) is taken before and after; a member trains when
   it never diverged and its probe loss fell.
   """
   cfg = config.analysis
   rate = lr * (cfg.warmup_factor if lr >= cfg.warmup_from_lr else 1.0)
-  state = train.init_member(programs.model, programs.tx, int(config.sweep.seeds[0]), rate)
-  if variables is not None:
-    state = {**state, "params": variables["params"],
-             "opt_state": programs.tx.init(variables["params"])}
+  state = train.member_state(variables, programs.tx, rate)
   start = float(programs.probe(train.model_variables(state), *probe_batch)["loss"])
   losses, lines = [], {}
   for step in range(cfg.train_steps):
@@ -284,7 +280,8 @@ def _measure_arm(programs: Programs, config: ml_collections.ConfigDict, dataset:
          "noise": sgd_noise(programs, variables, pool, cfg), "first_steps": []}
   for lr in config.sweep.lrs:
     line_at = (4, 7) if lr == cfg.lr_by_norm[norm] else ()
-    out["first_steps"].append(first_steps(programs, config, dataset, float(lr), batch, line_at))
+    out["first_steps"].append(
+        first_steps(programs, config, dataset, variables, float(lr), batch, line_at))
   return out
 
 
@@ -296,8 +293,8 @@ def _compare_initializers(programs: Programs, arm: sweep.Arm, config: ml_collect
     model = make_model({**arm.model_config, "initializer": name})
     variables = common.init_variables(model, int(config.sweep.seeds[0]))
     init = at_initialisation(programs, variables, batch, cfg)
-    steps = first_steps(programs, config, dataset, float(cfg.lr_by_norm["none"]), batch,
-                        variables=variables)
+    steps = first_steps(programs, config, dataset, variables, float(cfg.lr_by_norm["none"]),
+                        batch)
     found[name] = {"loss": init["loss"], "log10_std_L": init["log10_std_L"],
                    "max_abs_grad": init["max_abs_grad"],
                    "first_divergent_eta": init.get("line", {}).get("first_divergent_eta"),

@@ -61,6 +61,12 @@ def init_member(model: nn.Module, tx: optax.GradientTransformation, seed: int | 
   """A member's initial state; its variables are a pure function of `seed`."""
   variables = models.init_variables(model, jax.random.key(seed),
                                     jnp.zeros((1, *data.IMAGE_SHAPE)), train=False)
+  return member_state(variables, tx, base_lr)
+
+
+def member_state(variables: Mapping[str, Any], tx: optax.GradientTransformation,
+                 base_lr: float | jax.Array) -> State:
+  """A fresh member state around given model variables ({params, batch_stats})."""
   params = variables["params"]
   return {"params": params, "batch_stats": variables.get("batch_stats", {}),
           "opt_state": tx.init(params), "base_lr": jnp.asarray(base_lr, jnp.float32),

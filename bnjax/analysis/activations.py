@@ -97,14 +97,6 @@ def signal_propagation(model: nn.Module, variables: common.Variables,
           "branch_var_N": jnp.stack([jnp.mean(s["var_C"]) for s in branches])}
 
 
-def _check_layers(layers: tuple[int, ...], num_layers: int) -> None:
-  """Refuses layer numbers outside 1..num_layers, which would index from the end or fail."""
-  bad = [k for k in layers if not 1 <= k <= num_layers]
-  if bad:
-    raise ValueError(f"Layers {bad} do not exist: this model's weight layers are"
-                     f" 1..{num_layers}, so pick layers in that range.")
-
-
 def sgd_direction(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
                   labels_B: jax.Array, lr: float | jax.Array) -> common.Variables:
   """Δθ = −lr·g, the plain SGD step of the batch-mean loss (params only; NaN on overflow)."""
@@ -135,7 +127,7 @@ def diverging_update_moments(model: nn.Module, variables: common.Variables,
     params = jax.tree.map(lambda p, d: p + s * d, variables["params"], step)
     moved = {**variables, "params": params}
     outputs = numbered_layers(model, moved, images_BxHxWxC)
-    _check_layers(layers, len(outputs))  # L is known while tracing
+    common.check_layers(layers, len(outputs), "weight")  # L is known while tracing
     finite = forward.all_finite(outputs)
     result = {"loss": jnp.where(finite, train.cross_entropy(outputs[-1], labels_B), jnp.nan),
               "finite": finite}

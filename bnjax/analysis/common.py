@@ -56,6 +56,17 @@ def _nan_like(x: jax.Array) -> jax.Array:
   return jnp.full_like(x, jnp.nan)
 
 
+def check_layers(layers: tuple[int, ...], num_layers: int, kind: str) -> None:
+  """Refuses layer numbers outside 1..num_layers, which would index from the end or fail.
+
+  `kind` names what is counted ("weight", "conv") in the one-sentence error.
+  """
+  bad = [k for k in layers if not 1 <= k <= num_layers]
+  if bad:
+    raise ValueError(f"Layers {bad} do not exist: this model's {kind} layers are"
+                     f" 1..{num_layers}, so pick layers in that range.")
+
+
 def recorded_layers(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,
                     kind: str, train_mode: bool = True) -> list[tuple[str, jax.Array]]:
   """[(module path, activation)] of every recorded `kind`, in depth order.

@@ -73,9 +73,7 @@ def layer_gradient_values(grads: common.Variables, layer: int) -> jax.Array:
   from the end, as Python's negative indices would.
   """
   kernels = common.conv_kernels(grads)
-  if not 1 <= layer <= len(kernels):
-    raise ValueError(f"Gradient layer {layer} does not exist: this model's conv layers are"
-                     f" 1..{len(kernels)}, so pick a layer in that range.")
+  common.check_layers((layer,), len(kernels), "conv")
   return kernels[layer - 1][1].ravel()
 
 
