@@ -28,8 +28,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from bnjax import errors, sweep, train, workdir as workdir_lib
-from bnjax.models import resnet
+from bnjax import errors, models, sweep, train, workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 # The layout of the saved arms tree (which leaves, their shapes); bump it when
@@ -47,37 +46,41 @@ def kept_steps(config: ml_collections.ConfigDict) -> list[int]:
   return sorted({0, config.train.num_steps, *config.checkpoint.keep_steps})
 
 
-def is_save_step(step: int, config: ml_collections.ConfigDict) -> bool:
-  return step % config.checkpoint.every == 0 or step in kept_steps(config)
-
-
 def make_manager(workdir: str, config: ml_collections.ConfigDict,
                  read_only: bool = False) -> ocp.CheckpointManager:
   """The run's CheckpointManager: asynchronous saves, the latest `keep` kept.
 
+  It saves (`manager.should_save`) every `checkpoint.every` steps and at
+  the kept steps, and keeps the latest `keep` of those and the kept steps.
   Its items' handlers are named so that `item_metadata` can read a saved
   tree's layout before restoring it (see `restore`).
   """
-  policy = checkpoint_managers.AnyPreservationPolicy([
+  saving = checkpoint_managers.AnySavePolicy([
+      checkpoint_managers.FixedIntervalPolicy(config.checkpoint.every),
+      checkpoint_managers.SpecificStepsPolicy(kept_steps(config)),
+  ])
+  keeping = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(config.checkpoint.keep),
       checkpoint_managers.CustomSteps(kept_steps(config)),
   ])
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy, enable_async_checkpointing=True,
-      read_only=read_only, create=not read_only)
+      save_decision_policy=saving, preservation_policy=keeping,
+      enable_async_checkpointing=True, read_only=read_only, create=not read_only)
   handlers = {"arms": ocp.StandardCheckpointHandler(), "progress": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(_directory(workdir), options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, arms: list[dict[str, Any]],
-         progress: dict[str, int]) -> None:
+         progress: dict[str, int], force: bool = False) -> bool:
   """Starts an asynchronous save of `arms` (a pytree) and `progress` at `step`.
 
-  `progress` is saved with this bnjax's STATE_FORMAT added.
+  Saves only at a step the manager's policy picks (see `make_manager`),
+  or at any with `force`; returns whether it saved. `progress` is saved
+  with this bnjax's STATE_FORMAT added.
   """
   progress = {**progress, "state_format": STATE_FORMAT}
-  manager.save(step, args=ocp.args.Composite(
-      arms=ocp.args.StandardSave(arms), progress=ocp.args.JsonSave(progress)), force=True)
+  return manager.save(step, args=ocp.args.Composite(
+      arms=ocp.args.StandardSave(arms), progress=ocp.args.JsonSave(progress)), force=force)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str, Any]]
@@ -165,15 +168,15 @@ class Run:
     members: members.json records (member, lr, seed, arm fields, status, ...).
     step: the restored step (number of completed updates).
     arms: the sweep's arms; `states[a]` stacks the members of `arms[a]`.
-    states: per arm, the stacked member states (params, batch_stats,
-      opt_state, base_lr, diverged, diverged_step), leading axis M.
+    states: per arm, the stacked `train.MemberState` of its members
+      (every field with a leading member axis M).
   """
 
   config: ml_collections.ConfigDict
   members: list[dict[str, Any]]
   step: int
   arms: list[sweep.Arm]
-  states: list[train.State]
+  states: list[train.MemberState]
 
   def _locate(self, member: int) -> tuple[int, int]:
     for a, arm in enumerate(self.arms):
@@ -190,7 +193,7 @@ class Run:
       raise KeyError(f"{len(matches)} members match {fields}; name fields that pick exactly one.")
     return matches[0]
 
-  def member_state(self, member: int) -> train.State:
+  def member_state(self, member: int) -> train.MemberState:
     """One member's full state, without the member axis."""
     a, position = self._locate(member)
     return sweep.select(self.states[a], position)
@@ -199,15 +202,19 @@ class Run:
     """One member's {params, batch_stats} for `model(member).apply`, one entry per block.
 
     A model trained with scanned blocks is stored with stacked variables;
-    they come back split per block (`resnet.unscan`), so that layer names
+    they come back split per block (`models.unrolled`), so that layer names
     (stage2_block05/conv_norm1/...) are the same whichever way it trained.
     """
-    return resnet.unscan(train.model_variables(self.member_state(member)))
+    return self._unrolled(member)[1]
 
   def model(self, member: int) -> nn.Module:
     """The Flax model of the member's arm, with one module per block (see `variables`)."""
+    return self._unrolled(member)[0]
+
+  def _unrolled(self, member: int) -> tuple[nn.Module, dict[str, Any]]:
     a, _ = self._locate(member)
-    return sweep.build_model(self.arms[a], self.config).clone(scan_blocks=False)
+    return models.unrolled(sweep.build_model(self.arms[a], self.config),
+                           train.model_variables(self.member_state(member)))
 
 
 def available_steps(workdir: str) -> list[int]:

@@ -85,15 +85,15 @@ def merge(chunks: list[Any]) -> Any:
 class ArmExecutor:
   """Advances and evaluates an arm's members, held as chunks of stacked state."""
 
-  step_fn: Callable[..., tuple[train.State, train.Metrics]]
-  eval_fn: Callable[[train.State, data.Dataset], train.Metrics]
-  chunks: list[train.State]
+  step_fn: Callable[..., tuple[train.MemberState, train.Metrics]]
+  eval_fn: Callable[[train.MemberState, data.Dataset], train.Metrics]
+  chunks: list[train.MemberState]
   sums: list[train.Metrics]
 
   @classmethod
-  def create(cls, step_fn, eval_fn, states: train.State, size: int) -> "ArmExecutor":
+  def create(cls, step_fn, eval_fn, states: train.MemberState, size: int) -> "ArmExecutor":
     chunks = split(states, size)
-    sums = [train.zero_metrics(jax.tree.leaves(c)[0].shape[0]) for c in chunks]
+    sums = [train.zero_metrics(train.num_members(c)) for c in chunks]
     return cls(step_fn, eval_fn, chunks, sums)
 
   def step(self, dataset: data.Dataset, step: jax.Array) -> None:
@@ -113,13 +113,13 @@ class ArmExecutor:
     return {k: np.concatenate([s[k] for s in sums]) / count for k in sums[0]}
 
   @property
-  def states(self) -> train.State:
+  def states(self) -> train.MemberState:
     """The arm's state stacked over all members."""
     return merge(self.chunks)
 
   def divergence(self) -> tuple[np.ndarray, np.ndarray]:
     """(diverged (M,) bool, diverged_step (M,) int) fetched to the host."""
-    flags = jax.device_get([(c["diverged"], c["diverged_step"]) for c in self.chunks])
+    flags = jax.device_get([(c.diverged, c.diverged_step) for c in self.chunks])
     return (np.concatenate([f[0] for f in flags]), np.concatenate([f[1] for f in flags]))
 
   @property
@@ -127,7 +127,7 @@ class ArmExecutor:
     """The train-metric sums since the last `take_metric_means`, (M,) each."""
     return merge(self.sums)
 
-  def snapshot(self) -> tuple[train.State, train.Metrics]:
+  def snapshot(self) -> tuple[train.MemberState, train.Metrics]:
     """(states, metric sums) stacked in buffers the next step will not donate.
 
     For a checkpoint saved asynchronously while training goes on: merging
@@ -137,7 +137,7 @@ class ArmExecutor:
       return self.states, self.metric_sums
     return jax.tree.map(jnp.copy, (self.chunks[0], self.sums[0]))
 
-  def load(self, states: train.State, sums: train.Metrics) -> None:
+  def load(self, states: train.MemberState, sums: train.Metrics) -> None:
     """Replaces the members' states and metric sums (e.g. from a checkpoint)."""
-    size = jax.tree.leaves(self.chunks[0])[0].shape[0]
+    size = train.num_members(self.chunks[0])
     self.chunks, self.sums = split(states, size), split(sums, size)

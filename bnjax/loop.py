@@ -136,8 +136,16 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         writer.write(_metric_records(run, step, interval_start, fields, factor,
                                      fetched.get(run.arm.index), test))
 
-    def save(step: int) -> None:
-      checkpoint.save(manager, step, _payload(runs), {"step": step, "last_log_step": last_log_step})
+    def save(step: int, preempted: bool = False) -> None:
+      """Saves at the steps the manager's policy picks, and at any step on preemption.
+
+      The payload copies every state, so it is built only for a save. bnjax
+      notes SIGTERM itself; Orbax's PreemptionCheckpointingPolicy sees only
+      JAX's multi-host preemption service, so a preempted save is forced.
+      """
+      if preempted or manager.should_save(step):
+        checkpoint.save(manager, step, _payload(runs),
+                        {"step": step, "last_log_step": last_log_step}, force=preempted)
 
     workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
     if not resumed:
@@ -161,9 +169,9 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                         config.train.batch_size * num_members)
           last_log_step, last_log_time = done, now
           workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
-        if sigterm.raised or checkpoint.is_save_step(done, config):
-          save(done)
-        if sigterm.raised and done < num_steps:
+        preempted = sigterm.raised  # read once: the signal that forces the save ends the run
+        save(done, preempted)
+        if preempted and done < num_steps:
           manager.wait_until_finished()
           raise errors.Preempted(f"SIGTERM at step {done}: saved a checkpoint in {workdir};"
                                  " rerun the same command to resume.")

@@ -1,18 +1,10 @@
 """Optimizer, schedule, and the per-member and per-arm train and eval steps.
 
-A member's state is a plain dict:
-
-  params, batch_stats   the model variables (batch_stats is {} without BN)
-  opt_state             optax state of SGD with momentum and weight decay
-  base_lr               () the member's base learning rate (a traced value)
-  diverged              () bool, set once and never cleared
-  diverged_step         () int32, the step at which it diverged, -1 if never
-
-An arm's state stacks these along a leading member axis M, and
-`make_arm_step` returns one jitted program that advances all M members on a
-shared batch: `jit(vmap(member_step))` (or `jit(lax.map(member_step))`),
-with the learning rate a per-member traced value so that no rate triggers a
-recompilation.
+A member's state is a `MemberState`; an arm's state stacks its fields along
+a leading member axis M, and `make_arm_step` returns one jitted program that
+advances all M members on a shared batch: `jit(vmap(member_step))` (or
+`jit(lax.map(member_step))`), with the learning rate a per-member traced
+value so that no rate triggers a recompilation.
 """
 
 import functools
@@ -20,15 +12,52 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bnjax import data, forward, models
 
-State = dict[str, Any]
 Metrics = dict[str, jax.Array]
 METRIC_NAMES = ("train_loss", "train_accuracy", "grad_norm", "param_norm")
+
+
+@flax.struct.dataclass
+class MemberState:
+  """Everything a member needs to take its next step; a pytree (jit, vmap, Orbax take it whole).
+
+  Shapes are one member's; an arm's state stacks every field along a leading
+  member axis M (base_lr (M,), a kernel (M, ...)), see `num_members`.
+
+  Attributes:
+    params: the model's parameters.
+    batch_stats: its BN running statistics ({} without BN).
+    opt_state: optax state of SGD with momentum and weight decay (`make_optimizer`).
+    base_lr: () float32, the member's base learning rate (a traced value).
+    diverged: () bool, set once and never cleared.
+    diverged_step: () int32, the step at which it diverged, -1 if never.
+
+  Orbax names a field by its attribute, so a checkpoint holds it under the
+  same leaf paths (states/params/..., states/diverged) as the plain dict of
+  these fields that bnjax saved before, and either loads into the other.
+  """
+
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+  base_lr: jax.Array
+  diverged: jax.Array
+  diverged_step: jax.Array
+
+
+State = MemberState  # the name other modules annotate with
+
+
+def num_members(states: MemberState) -> int:
+  """M, the number of members stacked in an arm's state."""
+  return states.base_lr.shape[0]
 
 
 def make_optimizer(momentum: float, weight_decay: float) -> optax.GradientTransformation:
@@ -46,35 +75,62 @@ def make_optimizer(momentum: float, weight_decay: float) -> optax.GradientTransf
 def lr_factor(step: int | jax.Array, train_config: Mapping[str, Any]) -> jax.Array:
   """The schedule's multiplier of the base rate at `step` (0-based update index).
 
-  Piecewise constant: lr_decay**k after the k-th boundary (fractions of
-  num_steps), and warmup_factor during the first warmup_steps.
+  Piecewise constant: lr_decay**k from the k-th boundary on (fractions of
+  num_steps, rounded down to a step), and warmup_factor during the first
+  warmup_steps. `step` may be traced; the factor is float32.
   """
-  num_steps = train_config["num_steps"]
-  boundaries = jnp.asarray([int(b * num_steps) for b in train_config["lr_boundaries"]])
-  factor = train_config["lr_decay"] ** jnp.sum(step >= boundaries)
-  warm = step < train_config["warmup_steps"]
-  return jnp.where(warm, train_config["warmup_factor"], factor).astype(jnp.float32)
+  return jnp.asarray(lr_schedule(train_config)(step), jnp.float32)
+
+
+def lr_schedule(train_config: Mapping[str, Any]) -> optax.Schedule:
+  """`lr_factor` as an optax schedule: a constant warmup joined to a piecewise constant decay.
+
+  Fractions that round to the same step make one boundary whose scale is
+  their product (piecewise_constant_schedule takes a dict). Scales are
+  float32 products of lr_decay, the numbers `lr_decay ** k` gave inside the
+  jitted step before (bit for bit up to k = 3, measured; beyond that XLA's
+  pow rounds differently, and differently again outside jit).
+  """
+  warmup_steps = train_config["warmup_steps"]
+  decay = np.float32(train_config["lr_decay"])
+  scales: dict[int, np.float32] = {}
+  for fraction in train_config["lr_boundaries"]:
+    # join_schedules counts the second schedule's steps from warmup_steps.
+    boundary = int(fraction * train_config["num_steps"]) - warmup_steps
+    scales[boundary] = scales.get(boundary, np.float32(1)) * decay
+  return optax.join_schedules(
+      [optax.constant_schedule(train_config["warmup_factor"]),
+       optax.piecewise_constant_schedule(1.0, scales)], [warmup_steps])
 
 
 def init_member(model: nn.Module, tx: optax.GradientTransformation, seed: int | jax.Array,
-                base_lr: float | jax.Array) -> State:
+                base_lr: float | jax.Array) -> MemberState:
   """A member's initial state; its variables are a pure function of `seed`."""
+  return member_state(init_variables(model, seed), tx, base_lr)
+
+
+def init_variables(model: nn.Module, seed: int | jax.Array) -> dict[str, Any]:
+  """A member's variables at initialisation ({params, batch_stats}) from its seed.
+
+  Every member, trained or only measured, starts here.
+  """
   variables = models.init_variables(model, jax.random.key(seed),
                                     jnp.zeros((1, *data.IMAGE_SHAPE)), train=False)
-  return member_state(variables, tx, base_lr)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def member_state(variables: Mapping[str, Any], tx: optax.GradientTransformation,
-                 base_lr: float | jax.Array) -> State:
+                 base_lr: float | jax.Array) -> MemberState:
   """A fresh member state around given model variables ({params, batch_stats})."""
   params = variables["params"]
-  return {"params": params, "batch_stats": variables.get("batch_stats", {}),
-          "opt_state": tx.init(params), "base_lr": jnp.asarray(base_lr, jnp.float32),
-          "diverged": jnp.asarray(False), "diverged_step": jnp.asarray(-1, jnp.int32)}
+  return MemberState(
+      params=params, batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+      base_lr=jnp.asarray(base_lr, jnp.float32), diverged=jnp.asarray(False),
+      diverged_step=jnp.asarray(-1, jnp.int32))
 
 
 def init_arm(model: nn.Module, tx: optax.GradientTransformation, seeds: tuple[int, ...],
-             lrs_M: jax.Array) -> State:
+             lrs_M: jax.Array) -> MemberState:
   """Stacked initial states of an arm's members: vmap(init) over (seed, lr).
 
   Run op by op, not jitted: the same numbers (bit for bit) in less time,
@@ -85,9 +141,9 @@ def init_arm(model: nn.Module, tx: optax.GradientTransformation, seeds: tuple[in
   return jax.vmap(init)(jnp.asarray(seeds, jnp.uint32), jnp.asarray(lrs_M, jnp.float32))
 
 
-def model_variables(state: State) -> dict[str, Any]:
+def model_variables(state: MemberState) -> dict[str, Any]:
   """A member state's {params, batch_stats}, what `model.apply` takes."""
-  return {"params": state["params"], "batch_stats": state["batch_stats"]}
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def cross_entropy(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
@@ -99,8 +155,9 @@ def global_norm(tree: Any) -> jax.Array:
 
 
 def member_step(model: nn.Module, tx: optax.GradientTransformation,
-                train_config: Mapping[str, Any], state: State, images_BxHxWxC: jax.Array,
-                labels_B: jax.Array, step: jax.Array) -> tuple[State, Metrics]:
+                train_config: Mapping[str, Any], state: MemberState,
+                images_BxHxWxC: jax.Array, labels_B: jax.Array,
+                step: jax.Array) -> tuple[MemberState, Metrics]:
   """One SGD step of one member; a diverged member is returned unchanged.
 
   The member is marked diverged at `step` when any activation of its
@@ -112,33 +169,32 @@ def member_step(model: nn.Module, tx: optax.GradientTransformation,
   """
   def loss_fn(params):
     logits, updates, finite = forward.apply(
-        model, {"params": params, "batch_stats": state["batch_stats"]}, images_BxHxWxC,
+        model, {"params": params, "batch_stats": state.batch_stats}, images_BxHxWxC,
         train=True, mutable=["batch_stats"])
     return cross_entropy(logits, labels_B), (logits, updates.get("batch_stats", {}), finite)
 
   (loss, (logits, batch_stats, finite)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state["params"])
+      loss_fn, has_aux=True)(state.params)
   finite = finite & jnp.isfinite(loss) & forward.all_finite(grads)
-  lr = state["base_lr"] * lr_factor(step, train_config)
-  opt_state = state["opt_state"]
+  lr = state.base_lr * lr_factor(step, train_config)
+  opt_state = state.opt_state
   opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
-  updates, opt_state = tx.update(grads, opt_state, state["params"])
-  params = optax.apply_updates(state["params"], updates)
+  updates, opt_state = tx.update(grads, opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
 
   healthy = finite & (loss <= train_config["max_loss"]) & forward.all_finite(params)
-  diverges_now = ~state["diverged"] & ~healthy
-  frozen = state["diverged"] | diverges_now
-  stepped = {"params": params, "batch_stats": batch_stats, "opt_state": opt_state}
-  new_state = {k: jax.tree.map(lambda old, new: jnp.where(frozen, old, new), state[k], v)
-               for k, v in stepped.items()}
-  new_state.update(
-      base_lr=state["base_lr"], diverged=frozen,
-      diverged_step=jnp.where(diverges_now, step.astype(jnp.int32), state["diverged_step"]))
+  diverges_now = ~state.diverged & ~healthy
+  frozen = state.diverged | diverges_now
+  stepped = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+  new_state = jax.tree.map(lambda old, new: jnp.where(frozen, old, new), state, stepped)
+  new_state = new_state.replace(
+      diverged=frozen,
+      diverged_step=jnp.where(diverges_now, step.astype(jnp.int32), state.diverged_step))
   metrics = {
       "train_loss": jnp.where(finite, loss, jnp.nan),
       "train_accuracy": jnp.where(finite, jnp.mean(jnp.argmax(logits, -1) == labels_B), jnp.nan),
       "grad_norm": global_norm(grads),
-      "param_norm": global_norm(new_state["params"]),
+      "param_norm": global_norm(new_state.params),
   }
   return new_state, metrics
 
@@ -146,7 +202,8 @@ def member_step(model: nn.Module, tx: optax.GradientTransformation,
 def make_arm_step(model: nn.Module, tx: optax.GradientTransformation,
                   train_config: Mapping[str, Any], augmentation: bool,
                   loop_members: int | None = None
-                  ) -> Callable[[State, Metrics, data.Dataset, jax.Array], tuple[State, Metrics]]:
+                  ) -> Callable[[MemberState, Metrics, data.Dataset, jax.Array],
+                                tuple[MemberState, Metrics]]:
   """The jitted step of a whole arm: (states, metric_sums, dataset, step).
 
   All members see training batch `step` of the shared data stream. With
@@ -161,16 +218,16 @@ def make_arm_step(model: nn.Module, tx: optax.GradientTransformation,
   train_config = dict(train_config)
   step_fn = functools.partial(member_step, model, tx, train_config)
 
-  def all_members(states: State, images: jax.Array, labels: jax.Array,
-                  step: jax.Array) -> tuple[State, Metrics]:
+  def all_members(states: MemberState, images: jax.Array, labels: jax.Array,
+                  step: jax.Array) -> tuple[MemberState, Metrics]:
     one = lambda state: step_fn(state, images, labels, step)
     if loop_members is None:
       return jax.vmap(one)(states)
     return jax.lax.map(one, states, batch_size=loop_members if loop_members > 1 else None)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def arm_step(states: State, sums: Metrics, dataset: data.Dataset,
-               step: jax.Array) -> tuple[State, Metrics]:
+  def arm_step(states: MemberState, sums: Metrics, dataset: data.Dataset,
+               step: jax.Array) -> tuple[MemberState, Metrics]:
     images, labels = data.train_batch(dataset, train_config["data_seed"], step,
                                       train_config["batch_size"], augmentation)
     states, metrics = all_members(states, images, labels, step)
@@ -184,16 +241,16 @@ def zero_metrics(num_members: int) -> Metrics:
 
 
 def make_arm_eval(model: nn.Module, batch_size: int
-                  ) -> Callable[[State, data.Dataset], Metrics]:
+                  ) -> Callable[[MemberState, data.Dataset], Metrics]:
   """The jitted test evaluation of all members: {test_loss, test_accuracy} (M,).
 
   Uses the running BN statistics; loops over the test set inside the program.
   """
-  def member_logits(state: State, images: jax.Array) -> jax.Array:
+  def member_logits(state: MemberState, images: jax.Array) -> jax.Array:
     return model.apply(model_variables(state), images, train=False)
 
   @jax.jit
-  def arm_eval(states: State, dataset: data.Dataset) -> Metrics:
+  def arm_eval(states: MemberState, dataset: data.Dataset) -> Metrics:
     num_batches = -(-dataset.test.size // batch_size)
 
     def body(i, totals_Mx2):
@@ -201,12 +258,11 @@ def make_arm_eval(model: nn.Module, batch_size: int
       logits_MxBxK = jax.vmap(member_logits, in_axes=(0, None))(states, images)
       losses_MxB = optax.softmax_cross_entropy_with_integer_labels(
           logits_MxBxK, jnp.broadcast_to(labels, logits_MxBxK.shape[:2]))
-      correct_MxB = jnp.argmax(logits_MxBxK, -1) == labels
-      return totals_Mx2 + jnp.stack([(losses_MxB * mask_B).sum(-1),
-                                     (correct_MxB * mask_B).sum(-1)], -1)
+      correct_MxB = jnp.argmax(logits_MxBxK, -1) == labels[None]
+      return totals_Mx2 + jnp.stack([(losses_MxB * mask_B[None]).sum(-1),
+                                     (correct_MxB * mask_B[None]).sum(-1)], -1)
 
-    num_members = states["base_lr"].shape[0]
-    totals = jax.lax.fori_loop(0, num_batches, body, jnp.zeros((num_members, 2)))
+    totals = jax.lax.fori_loop(0, num_batches, body, jnp.zeros((num_members(states), 2)))
     totals = totals / dataset.test.size
     return {"test_loss": totals[:, 0], "test_accuracy": totals[:, 1]}
 

@@ -1,5 +1,6 @@
 """Runs that last: kill/resume is bit-exact, SIGTERM saves, workdirs are never clobbered."""
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -224,6 +225,40 @@ def test_a_checkpoint_without_state_format_still_loads(tmp_path):
     abstract[1]["sums"]["new_metric"] = abstract[1]["sums"]["train_loss"]
     with pytest.raises(errors.WorkdirError, match="state format unrecorded"):
       checkpoint.restore(manager, 0, abstract)
+
+
+def test_saves_at_the_cadence_and_the_kept_steps(tmp_path):
+  """every=3 over 7 steps with keep_steps=(5,): the manager's policy saves at 0, 3, 5, 6, 7."""
+  config = tiny_config(num_steps=7)
+  config.checkpoint.update(every=3, keep=100, keep_steps=(5,))  # keep=100: none deleted
+  loop.train_sweep(config, str(tmp_path / "run"))
+  assert checkpoint.available_steps(tmp_path / "run") == [0, 3, 5, 6, 7]
+
+
+def _fields(state: train.MemberState) -> dict:
+  """A member state as the plain dict of its fields, as bnjax held and saved it before."""
+  return {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
+
+
+def test_a_checkpoint_of_state_dicts_loads_into_member_states(tmp_path):
+  config = tiny_config()
+  arms = sweep.make_arms(config)
+  tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
+  states = [train.init_arm(sweep.build_model(arm, config), tx, arm.seeds, arm.lrs) for arm in arms]
+  states[0] = states[0].replace(diverged=states[0].diverged.at[1].set(True),
+                                diverged_step=states[0].diverged_step.at[1].set(4))
+  sums = [train.zero_metrics(train.num_members(s)) for s in states]
+  old = [{"states": _fields(s), "sums": m} for s, m in zip(states, sums)]
+  new = [{"states": s, "sums": m} for s, m in zip(states, sums)]
+  assert checkpoint._layout(new) == checkpoint._layout(old)  # what the layout check compares
+  workdir_lib.prepare(str(tmp_path), config)
+  workdir_lib.write_members(str(tmp_path), [])
+  with checkpoint.make_manager(str(tmp_path), config) as manager:
+    checkpoint.save(manager, 0, old, {"step": 0, "last_log_step": 0})
+  run = checkpoint.load(tmp_path)
+  assert all(isinstance(s, train.MemberState) for s in run.states)
+  jax.tree.map(np.testing.assert_array_equal, run.states, states)
+  assert run.member_state(arms[0].members[1].index).diverged_step == 4
 
 
 def test_a_failing_run_still_closes_its_checkpoints_and_metrics(tmp_path, monkeypatch):

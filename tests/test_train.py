@@ -66,8 +66,8 @@ def test_vmapped_sweep_equals_members_run_one_by_one(norm, tiny_dataset):
   for steps, rel in ((1, 1e-6), (3, 1e-4)):  # later steps: rare ReLU flips amplify rounding
     for i in range(len(lrs)):
       for part in ("params", "batch_stats"):
-        _assert_close(jax.tree.map(lambda x: x[i], together[steps][part]),
-                      jax.tree.map(lambda x: x[0], alone[i][steps][part]), rel)
+        _assert_close(jax.tree.map(lambda x: x[i], getattr(together[steps], part)),
+                      jax.tree.map(lambda x: x[0], getattr(alone[i][steps], part)), rel)
 
 
 def test_scanned_blocks_train_exactly_like_unrolled_blocks(tiny_dataset):
@@ -85,7 +85,7 @@ def test_scanned_blocks_train_exactly_like_unrolled_blocks(tiny_dataset):
   # amplified it (4e-5 and 3e-3).
   for step, tolerances in ((1, (1e-6, 1e-6, 1e-5)), (2, (1e-4, 1e-4, 1e-2))):
     for part, rel in zip(("params", "batch_stats", "opt_state"), tolerances):
-      _assert_close(scanned[step][part], unrolled[step][part], rel)
+      _assert_close(getattr(scanned[step], part), getattr(unrolled[step], part), rel)
 
 
 def test_sequential_chunked_and_map_executors_agree_with_vmap(tiny_dataset):
@@ -98,8 +98,8 @@ def test_sequential_chunked_and_map_executors_agree_with_vmap(tiny_dataset):
   others += [_run(config, tiny_dataset, "batch", lrs, seeds, chunk=4, steps=2, loop_members=k)
              for k in (1, 3)]
   for other in others:
-    _assert_close(other["params"], vmapped["params"], 1e-5)
-    np.testing.assert_array_equal(other["diverged"], vmapped["diverged"])
+    _assert_close(other.params, vmapped.params, 1e-5)
+    np.testing.assert_array_equal(other.diverged, vmapped.diverged)
 
 
 def test_map_executor_runs_every_member_in_one_call():
@@ -114,10 +114,10 @@ def test_diverged_member_is_frozen_and_does_not_touch_the_others(chunk, loop_mem
   config = tiny_config(num_steps=100)
   run = lambda lrs, seeds: _run(config, tiny_dataset, "none", lrs, seeds, chunk, 4, loop_members)
   bad = run([0.01, 0.05, 1e4], [0, 1, 2])
-  assert bad["diverged"].tolist() == [False, False, True]
-  assert 0 <= int(bad["diverged_step"][2]) < 4
-  assert bad["diverged_step"][:2].tolist() == [-1, -1]
-  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(bad["params"]))
+  assert bad.diverged.tolist() == [False, False, True]
+  assert 0 <= int(bad.diverged_step[2]) < 4
+  assert bad.diverged_step[:2].tolist() == [-1, -1]
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(bad.params))
   # Bit-identical survivors: against the same program with a healthy third
   # member, and (one member per call) against a sweep without it.
   benign = run([0.01, 0.05, 0.02], [0, 1, 2])
@@ -130,9 +130,9 @@ def test_diverged_member_is_frozen_and_does_not_touch_the_others(chunk, loop_mem
 def test_loss_bound_marks_a_member_diverged(tiny_dataset):
   config = tiny_config(max_loss=1e-3)  # every loss exceeds it
   states = _run(config, tiny_dataset, "batch", [0.01], [0], chunk=1, steps=2)
-  assert bool(states["diverged"][0]) and int(states["diverged_step"][0]) == 0
+  assert bool(states.diverged[0]) and int(states.diverged_step[0]) == 0
   initial = _run(config, tiny_dataset, "batch", [0.01], [0], chunk=1, steps=0)
-  jax.tree.map(np.testing.assert_array_equal, states["params"], initial["params"])
+  jax.tree.map(np.testing.assert_array_equal, states.params, initial.params)
 
 
 def test_schedule_follows_boundaries_and_warmup():
@@ -140,6 +140,20 @@ def test_schedule_follows_boundaries_and_warmup():
          "warmup_steps": 10, "warmup_factor": 0.1}
   factors = [float(train.lr_factor(t, cfg)) for t in (0, 9, 10, 49, 50, 74, 75, 99)]
   np.testing.assert_allclose(factors, [0.1, 0.1, 1, 1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 6])
+def test_schedule_multiplies_the_decays_of_fractions_that_round_to_one_step(warmup_steps):
+  """0.5 and 0.55 of 10 steps are both step 5; warmup 6 ends after it, 0 before it."""
+  cfg = {"num_steps": 10, "lr_boundaries": (0.5, 0.55, 0.75), "lr_decay": 0.1,
+         "warmup_steps": warmup_steps, "warmup_factor": 0.3}
+  d = np.float32(0.1)  # the factors are float32 products of the decay, bit for bit
+  decayed = {4: np.float32(1), 5: d * d, 6: d * d, 7: d * d * d, 9: d * d * d}
+  expected = {t: np.float32(0.3) if t < warmup_steps else f for t, f in decayed.items()}
+  traced = jax.jit(lambda t: train.lr_factor(t, cfg))
+  for t, factor in expected.items():
+    for got in (traced(jnp.asarray(t, jnp.int32)), train.lr_factor(t, cfg)):
+      assert got.dtype == jnp.float32 and got == factor, (t, got, factor)
 
 
 def test_momentum_sgd_with_weight_decay_matches_the_formula():
@@ -167,7 +181,13 @@ def test_synthetic_data_is_learnable():
   assert float(metrics["test_accuracy"][0]) > 0.5  # chance is 0.1
 
 
-def test_the_step_compiles_once_for_all_steps_and_rates(tiny_dataset):
+def test_the_step_is_traced_once_for_all_steps_and_rates(tiny_dataset, monkeypatch):
+  traces = []
+  def member_step(*args):
+    traces.append(args[-1])  # a Python side effect: runs when jit traces, never when it runs
+    return original(*args)
+  original = train.member_step
+  monkeypatch.setattr(train, "member_step", member_step)
   config = tiny_config(num_steps=100)
   model, tx, _, eval_fn = _compiled(config.to_json(), "none")
   step_fn = train.make_arm_step(model, tx, config.train.to_dict(), True)  # a fresh cache
@@ -178,7 +198,7 @@ def test_the_step_compiles_once_for_all_steps_and_rates(tiny_dataset):
   other_rates = train.init_arm(model, tx, (2, 3), jnp.asarray([0.5, 1e-4], jnp.float32))
   arm.load(other_rates, train.zero_metrics(2))
   arm.step(tiny_dataset, jnp.asarray(3, jnp.int32))
-  assert step_fn._cache_size() == 1
+  assert len(traces) == 1
 
 
 def test_bfloat16_compute_follows_float32(tiny_dataset):
@@ -194,7 +214,7 @@ def test_bfloat16_compute_follows_float32(tiny_dataset):
     sums = train.zero_metrics(1)
     for t in range(40):
       states, sums = step_fn(states, sums, tiny_dataset, jnp.asarray(t, jnp.int32))
-    assert {x.dtype for x in jax.tree.leaves((states["params"], states["batch_stats"],
-                                              states["opt_state"]))} <= {np.dtype("float32"), np.dtype("int32")}
+    leaves = jax.tree.leaves((states.params, states.batch_stats, states.opt_state))
+    assert {x.dtype for x in leaves} <= {np.dtype("float32"), np.dtype("int32")}
     losses[dtype] = float(sums["train_loss"][0]) / 40
   assert abs(losses["bfloat16"] - losses["float32"]) < 0.05 * losses["float32"], losses
