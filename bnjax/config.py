@@ -10,15 +10,14 @@ import numbers
 
 import ml_collections
 
-from bnjax import errors, executor as executor_lib, jobs
-from bnjax.models import layers, resnet
-from bnjax.models.registry import DTYPES, MODELS
+from bnjax import errors, executor as executor_lib, experiments
+from bnjax.models.registry import DTYPES, FAMILIES, get_family
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Defaults from He et al. (2016) wherever the paper is silent."""
   c = ml_collections.ConfigDict()
-  c.job = "train"  # what bnjax.main runs; see bnjax/jobs.py
+  c.job = "train"  # what bnjax.main runs: a module of bnjax/experiments/
   # scan_blocks runs each stage's repeated blocks as one nn.scan: the same
   # function and initial values, a ResNet-110 step compiled ~3x faster, but
   # on XLA:CPU each step ran over 10x slower (docs/performance.md); analyses
@@ -71,20 +70,15 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _validate_model(model: dict) -> None:
-  _check(model["name"] in MODELS,
-         f"Unknown model {model['name']!r} (config.model.name); use one of {sorted(MODELS)}.")
-  _check(model["norm"] in layers.NORMS,
-         f"Unknown norm {model['norm']!r}; use one of {list(layers.NORMS)}.")
-  _check(model["shortcut"] in ("A", "B"),
-         f"Unknown shortcut option {model['shortcut']!r}; use 'A' or 'B'.")
-  _check(model["initializer"] in layers.INITIALIZERS,
-         f"Unknown initializer {model['initializer']!r}; use one of {sorted(layers.INITIALIZERS)}.")
-  _check(isinstance(model.get("scan_blocks", False), bool),
-         f"config.model.scan_blocks must be true or false, got {model.get('scan_blocks')!r}.")
+  """Checks that config.model.name (or an arm's) is registered; its family checks the rest."""
+  name = model.get("name")
   try:
-    resnet.blocks_per_stage(model["depth"])
-  except ValueError as e:
-    raise errors.ConfigError(str(e)) from None
+    family = get_family(name) if isinstance(name, str) else None
+  except ValueError:
+    family = None
+  _check(family is not None, f"Unknown model {name!r} (config.model.name); use one of"
+                             f" {sorted(FAMILIES)} or an importable module path.")
+  family.validate(model)
 
 
 _MISSING = object()
@@ -116,7 +110,9 @@ def _check_not_overridden(model: ml_collections.ConfigDict, field: str,
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` with one sentence for the first problem found."""
-  _check(config.job in jobs.JOBS, f"Unknown job {config.job!r} (config.job); use one of {sorted(jobs.JOBS)}.")
+  _check(experiments.exists(config.job),
+         f"Unknown job {config.job!r} (config.job); use one of {experiments.names()}"
+         " or an importable module path.")
   sweep, train = config.sweep, config.train
   lrs = tuple(sweep.lrs)
   _check(len(lrs) > 0, "config.sweep.lrs is empty; give at least one learning rate.")

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax.models import init_variables, make_model
+from bnjax import errors
+from bnjax.models import init_variables, make_model, resnet
 from bnjax.models.resnet import CifarResNet, stack_blocks, unscan
 
 
@@ -78,6 +79,23 @@ def test_bad_depth_and_unknown_names_are_rejected():
     make_model({"name": "vgg", "depth": 20})
   with pytest.raises(ValueError, match="Unknown norm"):
     _param_count(CifarResNet(depth=8, norm="layer"))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("depth", 21, "config.model.depth: ResNet depth 21 is not of the form 6n\\+2"),
+    ("depth", "20", "config.model.depth must be a whole number 6n\\+2"),
+    ("norm", "layer", "Unknown norm 'layer' \\(config.model.norm\\)"),
+    ("shortcut", "C", "Unknown shortcut option 'C' \\(config.model.shortcut\\)"),
+    ("initializer", "zeros", "Unknown initializer 'zeros' \\(config.model.initializer\\)"),
+    ("scan_blocks", 1, "config.model.scan_blocks must be true or false"),
+    ("width", 4, "config.model.width is not a field of the 'resnet' model"),
+])
+def test_the_resnet_family_rejects_a_bad_field_in_one_sentence(field, value, message):
+  config = dict(name="resnet", depth=20, norm="batch", shortcut="A", initializer="he_normal")
+  resnet.validate(config)
+  with pytest.raises(errors.ConfigError, match=message) as info:
+    resnet.validate({**config, field: value})
+  assert "\n" not in str(info.value) and str(info.value).endswith(".")
 
 
 @pytest.mark.parametrize("norm, shortcut", [("batch", "A"), ("none", "B")])

@@ -15,7 +15,11 @@ Everything the analyses look at is recorded with `sow` into the
 * `logits`    the classifier output.
 
 Module names carry their position (`stem`, `stage1_block00`, ...), so
-sorting the flattened intermediates by path gives them in depth order.
+sorting paths by `depth_key` gives depth order; `CifarResNet.ordered_leaves`
+is that order for any params- or intermediates-shaped tree.
+
+This module is also the "resnet" model family (`family.Family`): `validate`
+checks config.model's ResNet fields and `build` makes the `CifarResNet`.
 
 With `scan_blocks=True` the n - 1 identical blocks that follow each stage's
 first block run as one `nn.scan` (module `stageS_blocks`, every variable
@@ -28,19 +32,24 @@ above, so per-layer analyses see the same names whichever way the model
 was run, and `stack_blocks` does the reverse.
 """
 
+import numbers
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnjax.models import layers
+from bnjax import errors
+from bnjax.models import family, layers
 
 STAGE_WIDTHS = (16, 32, 64)
 _SCANNED = re.compile(r"(stage\d+)_blocks")
 _BLOCK = re.compile(r"(stage\d+)_block(\d+)")
+# The fields of config.model (besides `name`) that `build` passes to CifarResNet.
+CONFIG_FIELDS = ("depth", "norm", "shortcut", "initializer", "scan_blocks")
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -50,6 +59,64 @@ def blocks_per_stage(depth: int) -> int:
         f"ResNet depth {depth} is not of the form 6n+2 with n >= 1; use one"
         " of 8, 14, 20, 32, 44, 56, 110, ...")
   return (depth - 2) // 6
+
+
+def depth_key(path: str) -> tuple:
+  """Sort key of a module path in depth order, the classifier last.
+
+  stem < stage1_block00/conv_norm1 < .../conv_norm2 < .../projection <
+  stage1_block01 < ... < stage1_block100 < ... < stage2_block00 ... <
+  classifier. Numbers in names compare as numbers, so that stages of 100
+  or more blocks (ResNet-608 and deeper) stay in order.
+  """
+  order = {"stem": 0, "conv_norm1": 1, "conv_norm2": 2, "projection": 3, "classifier": 8, "": 9}
+  return tuple((order.get(p, 5), _natural(p)) for p in path.split("/"))
+
+
+def leaf_depth_key(path: str) -> tuple:
+  """`depth_key` of a leaf path ("stem/conv/kernel", "stem/conv_out").
+
+  A module's own leaves come after its submodules', the top level's (the
+  logits) last.
+  """
+  module, _, leaf = path.rpartition("/")
+  return (*depth_key(module), (7, _natural(leaf)))
+
+
+def _natural(name: str) -> tuple:
+  """"stage1_block100" -> ("stage", 1, "_block", 100, ""): digit runs compare as integers."""
+  return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def validate(model_config: family.ModelConfig) -> None:
+  """Raises `errors.ConfigError`, one sentence naming the field, for the first bad ResNet field."""
+  fields = {**{f: getattr(CifarResNet, f) for f in CONFIG_FIELDS}, **family.fields(model_config)}
+  for field in fields:
+    family.check(field in CONFIG_FIELDS,
+                 f"config.model.{field} is not a field of the 'resnet' model; "
+                 f"its fields are {list(CONFIG_FIELDS)}.")
+  norm, shortcut, initializer = fields["norm"], fields["shortcut"], fields["initializer"]
+  family.check(norm in layers.NORMS,
+               f"Unknown norm {norm!r} (config.model.norm); use one of {list(layers.NORMS)}.")
+  family.check(shortcut in ("A", "B"),
+               f"Unknown shortcut option {shortcut!r} (config.model.shortcut); use 'A' or 'B'.")
+  family.check(initializer in layers.INITIALIZERS,
+               f"Unknown initializer {initializer!r} (config.model.initializer); "
+               f"use one of {sorted(layers.INITIALIZERS)}.")
+  family.check(isinstance(fields["scan_blocks"], bool),
+               f"config.model.scan_blocks must be true or false, got {fields['scan_blocks']!r}.")
+  depth = fields["depth"]
+  family.check(isinstance(depth, numbers.Integral) and not isinstance(depth, bool),
+               f"config.model.depth must be a whole number 6n+2 (8, 14, 20, ...), got {depth!r}.")
+  try:
+    blocks_per_stage(depth)
+  except ValueError as e:
+    raise errors.ConfigError(f"config.model.depth: {e}") from None
+
+
+def build(model_config: family.ModelConfig, num_classes: int, dtype: Any) -> "CifarResNet":
+  """The `CifarResNet` that config.model describes."""
+  return CifarResNet(num_classes=num_classes, dtype=dtype, **family.fields(model_config))
 
 
 class ConvNorm(nn.Module):
@@ -257,3 +324,31 @@ class CifarResNet(nn.Module):
     logits = logits.astype(jnp.float32)
     self.sow("intermediates", "logits", logits)
     return logits
+
+  @nn.nowrap
+  def init_variables(self, key: jax.Array, inputs: jax.Array, **kwargs: Any) -> Any:
+    """`init(key, inputs, **kwargs)`, the same numbers whether blocks are scanned or not.
+
+    `nn.scan` would draw the repeated blocks' parameters from split keys. A
+    scanned ResNet is instead initialised as its unrolled twin and stacked
+    (`stack_blocks`), so that `scan_blocks` changes how a member is
+    compiled, never where it starts.
+    """
+    if not self.scan_blocks:
+      return self.init(key, inputs, **kwargs)
+    return stack_blocks(self.clone(scan_blocks=False).init(key, inputs, **kwargs))
+
+  @nn.nowrap
+  def unrolled(self, variables: Any) -> tuple["CifarResNet", Any]:
+    """This model with every block its own module, and `variables` split to match (`unscan`)."""
+    return self.clone(scan_blocks=False), unscan(variables)
+
+  @nn.nowrap
+  def ordered_leaves(self, tree: Any) -> list[tuple[str, Any]]:
+    """[(path, leaf)] of a params- or intermediates-shaped tree in depth order.
+
+    Scanned blocks are split (`unscan`), one entry per block, and paths
+    sorted by `leaf_depth_key`.
+    """
+    flat = flax.traverse_util.flatten_dict(unscan(tree), sep="/")
+    return sorted(flat.items(), key=lambda item: leaf_depth_key(item[0]))
