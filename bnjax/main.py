@@ -12,7 +12,7 @@ import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
-from bnjax import config as config_lib, errors, jobs, workdir as workdir_lib
+from bnjax import config as config_lib, errors, experiments, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':variant'.",
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   try:
     config_lib.validate(config)
-    job = jobs.resolve(config.job)
+    job = experiments.get(config.job).run
     if _OVERWRITE.value and workdir_lib.discard_other_run(_WORKDIR.value, config):
       logging.warning("Deleted the run with a different config in %s.", _WORKDIR.value)
     job(config, _WORKDIR.value)

@@ -19,17 +19,15 @@ data, batch 32, one seed, layers 3, 13, 23 (again 16, 32, 64 channels, at
 about the paper's relative depths); under a minute on a CPU.
 """
 
-import ml_collections
-
 from bnjax import config as config_lib
+from bnjax.experiments import activations
 
 
 def get_config(arg=None):
   variant = config_lib.parse_variant(arg, ("smoke",))
   config = config_lib.base_config()
   config.job = "activations"
-  config.analysis = ml_collections.ConfigDict(dict(
-      update_lr=3e-3, update_layers=(8, 44, 80), num_fractions=21))
+  config.analysis = activations.defaults()
   if variant == "smoke":
     # He-normal puts a shallow no-BN network about where the default puts a
     # ResNet-110 (README, "Does it reproduce the paper?"), so the paper's

@@ -13,9 +13,8 @@ Default: ResNet-110, CIFAR-10, batch 128, η in 1e-5..1e-1.
 for the no-BN loss to blow up, shallow enough to stay finite), ~1 min on a CPU.
 """
 
-import ml_collections
-
 from bnjax import config as config_lib
+from bnjax.experiments import divergence
 
 
 def get_config(arg=None):
@@ -24,10 +23,7 @@ def get_config(arg=None):
   config.job = "divergence"
   config.sweep.lrs = (0.1, 1e-4)  # documentation only: the rates are per norm below
   config.sweep.seeds = (0,)
-  config.analysis = ml_collections.ConfigDict(dict(
-      minibatches=(1, 4, 7), eta_low=1e-5, eta_high=1e-1, num_etas=25, threshold=1e3,
-      lr_by_norm=ml_collections.ConfigDict(dict(batch=0.1, none=1e-4)),
-      eta_loop="auto"))  # "auto": host loop on CPU (see landscape.along_gradient)
+  config.analysis = divergence.defaults()
   if variant == "smoke":
     # He-normal puts a shallow no-BN network about where the default puts a
     # ResNet-110 (README, "Does it reproduce the paper?"), so the paper's

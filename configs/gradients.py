@@ -12,16 +12,15 @@ paper. `smoke`: a ResNet-32 on synthetic data, batch 32, three seeds, its
 middle conv layer 16; under a minute on a CPU.
 """
 
-import ml_collections
-
 from bnjax import config as config_lib
+from bnjax.experiments import gradients
 
 
 def get_config(arg=None):
   variant = config_lib.parse_variant(arg, ("smoke",))
   config = config_lib.base_config()
   config.job = "gradients"
-  config.analysis = ml_collections.ConfigDict(dict(histogram_layer=55))
+  config.analysis = gradients.defaults()
   if variant == "smoke":
     # He-normal puts a shallow no-BN network about where the default puts a
     # ResNet-110 (README, "Does it reproduce the paper?"), so the paper's

@@ -14,17 +14,15 @@ values). `smoke`: 256 x 256 matrices (4 trials), a ResNet-20 with 4 images
 (40 singular values), one seed; under a minute on a CPU.
 """
 
-import ml_collections
-
 from bnjax import config as config_lib
+from bnjax.experiments import random_matrix
 
 
 def get_config(arg=None):
   variant = config_lib.parse_variant(arg, ("smoke",))
   config = config_lib.base_config()
   config.job = "random_matrix"
-  config.analysis = ml_collections.ConfigDict(dict(
-      matrix_size=1024, ks=(1, 3, 5), trials=1, matrix_seed=0, jacobian_batch=16, chunk=16))
+  config.analysis = random_matrix.defaults()
   if variant == "smoke":
     # He-normal puts a shallow no-BN network about where the default puts a
     # ResNet-110 (README, "Does it reproduce the paper?"), so the paper's

@@ -15,9 +15,8 @@ Default: ResNet-110, CIFAR-10, batch 128, the paper's rates.
 `smoke`: a ResNet-8 on synthetic data, batch 16, pool 128, ~1 min on a CPU.
 """
 
-import ml_collections
-
 from bnjax import config as config_lib
+from bnjax.experiments import sgd_noise
 
 
 def get_config(arg=None):
@@ -25,12 +24,7 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.job = "sgd_noise"
   config.sweep.seeds = (0,)
-  config.analysis = ml_collections.ConfigDict(dict(
-      # num_batches minibatches per member for the measured noise (cheap: from
-      # the per-example gradients); num_train_batches for the train-mode
-      # noise and the two-batch estimator (one backward pass each).
-      pool_size=512, num_batches=4096, num_train_batches=32, big_batch=512,
-      train_steps=400, chunk=32, seed=0))
+  config.analysis = sgd_noise.defaults()
   if variant == "smoke":
     # He-normal puts a shallow no-BN network about where the default puts a
     # ResNet-110 (README, "Does it reproduce the paper?"), so the paper's

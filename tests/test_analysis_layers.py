@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax import config as config_lib, data, jobs, sweep
+from bnjax import config as config_lib, data, experiments, sweep, train
 from bnjax.analysis import activations as act, common, gradients as grad, random_matrix as rm
-from bnjax.models import make_model
+from bnjax.models import make_model, resnet
 
 from conftest import REPO, load_config
 
@@ -106,7 +106,7 @@ def test_input_independence_scalars():
 def test_layer_functions_on_a_tiny_resnet(batch):
   images, labels = batch
   model = _model("none")
-  variables = common.init_variables(model, 0)
+  variables = train.init_variables(model, 0)
 
   @jax.jit
   def everything(v, x, y):
@@ -129,7 +129,7 @@ def test_layer_numbers_outside_1_to_L_are_refused(batch):
   """Layer 0 or -1 would silently count from the end; past L would fail obscurely."""
   images, labels = batch
   model = _model("none")
-  variables = common.init_variables(model, 0)
+  variables = train.init_variables(model, 0)
   params = variables["params"]  # shaped like a gradient, which is all layer_gradient_values needs
   np.testing.assert_array_equal(grad.layer_gradient_values(params, 1),
                                 common.conv_kernels(params)[0][1].ravel())
@@ -182,7 +182,7 @@ def test_smoke_job_writes_json_and_figures(tmp_path, name, figures, overrides):
   config = _tiny(name)
   config.analysis.update(overrides)
   config_lib.validate(config)
-  jobs.resolve(config.job)(config, str(tmp_path))
+  experiments.get(config.job).run(config, str(tmp_path))
   results = _strict_json(os.path.join(tmp_path, "analysis", f"{name}.json"))
   assert results
   for figure in figures:
@@ -200,7 +200,7 @@ def test_default_configs_are_the_papers_sizes(name):
 def test_analyses_vmap_over_members(batch):
   images, labels = batch
   model = _model("batch")
-  members = [common.init_variables(model, seed) for seed in (0, 1)]
+  members = [train.init_variables(model, seed) for seed in (0, 1)]
 
   def analysis(v):
     return (act.signal_propagation(model, v, images),
@@ -215,12 +215,13 @@ def test_analyses_vmap_over_members(batch):
 def test_layers_stay_in_depth_order_with_a_hundred_blocks_per_stage():
   """ResNet-608 has 101 blocks per stage: block100 must follow block99, not block10."""
   model = _model("none", depth=608)
-  params = jax.eval_shape(lambda: common.init_variables(model, 0))["params"]
-  paths = [path for path, _ in common.conv_kernels(params)]
+  params = jax.eval_shape(lambda: train.init_variables(model, 0))["params"]
+  paths = [path for path, _ in common.conv_kernels(params, model)]
   expected = ["stem"] + [f"stage{s}_block{b:02d}/conv_norm{c}"
                          for s in (1, 2, 3) for b in range(101) for c in (1, 2)]
   assert paths == expected
+  assert [path for path, _ in common.conv_kernels(params)] == expected  # a ResNet's by default
   names = ["classifier/kernel", "stage1_block100/conv_norm1/conv/kernel",
            "stage1_block10/conv_norm1/conv/kernel", "stem/conv/kernel"]
-  ordered = sorted(names, key=lambda n: common.depth_key(n.rsplit("/", 2)[0]))
+  ordered = sorted(names, key=lambda n: resnet.depth_key(n.rsplit("/", 2)[0]))
   assert ordered == [names[3], names[2], names[1], names[0]]

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from bnjax import config as config_lib, data, jobs, workdir as workdir_lib
+from bnjax import config as config_lib, data, experiments, train, workdir as workdir_lib
+from bnjax.experiments import divergence
 from bnjax.analysis import common, landscape, noise
 from bnjax.models import make_model
 
@@ -23,13 +24,13 @@ def _linear_problem(n: int = 8, features: int = 5, classes: int = 3, seed: int =
   y = jax.random.randint(k2, (n,), 0, classes)
   params = {"w": 0.5 * jax.random.normal(k3, (features, classes)), "b": jnp.zeros(classes)}
   def losses(p, x_B, y_B):
-    return optax.softmax_cross_entropy_with_integer_labels(x_B @ p["w"] + p["b"], y_B)
+    return optax.softmax_cross_entropy_with_integer_labels(x_B @ p["w"] + p["b"][None], y_B)
   return losses, params, x, y
 
 
 def _resnet8(norm: str):
   model = make_model(dict(name="resnet", depth=8, norm=norm, shortcut="A", initializer="he_normal"))
-  return model, common.init_variables(model, 0)
+  return model, train.init_variables(model, 0)
 
 
 def _batch(size: int):
@@ -126,7 +127,7 @@ def test_relative_loss_is_one_at_zero_and_first_order_for_small_steps():
   model, variables = _resnet8("none")
   images, labels = _batch(8)
   etas = (0.0, 1e-6, 3e-6)
-  found = landscape.along_gradient_host(model, variables, images, labels, etas)
+  found = divergence.along_gradient_host(model, variables, images, labels, etas)
   rel = np.asarray(found["relative_loss_E"])
   assert rel[0] == 1.0 and float(found["grad_change_E"][0]) == 0.0
   linear = np.asarray(landscape.first_order_relative_loss(
@@ -136,7 +137,7 @@ def test_relative_loss_is_one_at_zero_and_first_order_for_small_steps():
   # The jittable lax.map version gives the same numbers.
   mapped = jax.jit(lambda v: landscape.along_gradient(model, v, images[:2], labels[:2],
                                                       etas[:2]))(variables)
-  host = landscape.along_gradient_host(model, variables, images[:2], labels[:2], etas[:2])
+  host = divergence.along_gradient_host(model, variables, images[:2], labels[:2], etas[:2])
   np.testing.assert_allclose(mapped["loss_E"], host["loss_E"], rtol=1e-5)
 
 
@@ -171,7 +172,7 @@ def test_smoke_job_writes_json_and_figure(name, tmp_path):
     config.train.batch_size = 8
   config_lib.validate(config)
   workdir = str(tmp_path)
-  jobs.resolve(config.job)(config, workdir)
+  experiments.get(config.job).run(config, workdir)
   result = _strict_json(os.path.join(workdir, "analysis", f"{name}.json"))
   assert os.path.getsize(os.path.join(workdir, "figures", f"{name}.png")) > 10_000
   assert [arm["norm"] for arm in result["arms"]] == ["batch", "none"]
@@ -184,24 +185,3 @@ def test_jsonable_turns_non_finite_into_null():
   value = {"a": np.asarray([1.0, np.inf, np.nan]), "b": float("-inf")}
   out = json.dumps(workdir_lib.jsonable(value), allow_nan=False)
   assert json.loads(out) == {"a": [1.0, None, None], "b": None}
-
-
-def test_analyze_recomputes_figures_and_analyses_from_a_checkpointed_sweep(tmp_path):
-  """A 3-step ResNet-8 sweep (one BN member) trained in-process, then analysed."""
-  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
-  from bnjax import analyze  # pylint: disable=import-outside-toplevel
-  config = tiny_config(num_steps=3)
-  config.sweep.lrs = (0.01,)
-  config.sweep.arms.norm = ("batch",)
-  config.eval_every = 3
-  workdir = str(tmp_path)
-  jobs.resolve("train")(config, workdir)
-  written = analyze.analyze(workdir, num_etas=3, pool_size=16, num_train_batches=1)
-  names = sorted(os.path.basename(p) for p in written)
-  assert names == ["accuracy.png", "divergence_step3.json", "divergence_step3.png",
-                   "sgd_noise_step3.json", "sgd_noise_step3.png"]
-  result = _strict_json(os.path.join(workdir, "analysis", "sgd_noise_step3.json"))
-  assert result["step"] == 3 and [len(arm["members"]) for arm in result["arms"]] == [1]
-  divergence = _strict_json(os.path.join(workdir, "analysis", "divergence_step3.json"))
-  line = divergence["arms"][0]["minibatches"][0]
-  assert line["relative_loss_E"][0] == pytest.approx(1.0, abs=0.01)

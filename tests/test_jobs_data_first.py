@@ -6,7 +6,7 @@ otherwise the rerun with the right data_dir is refused as a different config.
 
 import pytest
 
-from bnjax import data, jobs
+from bnjax import data, experiments
 
 from conftest import load_config
 
@@ -17,5 +17,5 @@ def test_missing_data_leaves_no_workdir(name: str, tmp_path) -> None:
   config.data.update(name="cifar10", data_dir=str(tmp_path / "tfds"), download=False)
   workdir = tmp_path / "run"
   with pytest.raises(data.DataError):
-    jobs.resolve(name)(config, str(workdir))
+    experiments.get(name).run(config, str(workdir))
   assert not workdir.exists()

@@ -17,6 +17,7 @@ import pytest
 
 from bnjax import data, forward, train
 from bnjax.analysis import activations, common, gradients, landscape, noise, random_matrix
+from bnjax.experiments import divergence
 from bnjax.models import make_model
 
 SCALE = 3000.0
@@ -27,7 +28,7 @@ def overflowing():
   """(model, variables, images (4, 32, 32, 3), labels (4,)) of a network that overflows."""
   model = make_model(dict(name="resnet", depth=14, norm="none", shortcut="A",
                           initializer="he_normal"))
-  variables = common.init_variables(model, 0)
+  variables = train.init_variables(model, 0)
   variables = {**variables, "params": jax.tree.map(lambda p: SCALE * p, variables["params"])}
   images, labels = data.train_batch(data.synthetic(0, 64, 8), 0, 0, 4, augmentation=False)
   with jax.disable_jit():  # op by op, nothing is fused away: the overflow shows
@@ -51,14 +52,14 @@ def test_train_step_marks_the_member_diverged_and_logs_no_loss(overflowing):
   model, variables, images, labels = overflowing
   tx = train.make_optimizer(0.9, 1e-4)
   state = train.init_member(model, tx, 0, 1e-4)
-  state = {**state, "params": variables["params"]}
+  state = state.replace(params=variables["params"])
   train_config = {"num_steps": 10, "lr_boundaries": (), "lr_decay": 0.1, "warmup_steps": 0,
                   "warmup_factor": 0.1, "max_loss": np.inf}
   step = jax.jit(functools.partial(train.member_step, model, tx, train_config))
   new_state, metrics = step(state, images, labels, jnp.asarray(3, jnp.int32))
-  assert bool(new_state["diverged"]) and int(new_state["diverged_step"]) == 3
+  assert bool(new_state.diverged) and int(new_state.diverged_step) == 3
   assert not np.isfinite(metrics["train_loss"]) and not np.isfinite(metrics["train_accuracy"])
-  jax.tree.map(np.testing.assert_array_equal, new_state["params"], state["params"])
+  jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
 
 
 def test_losses_and_gradients_are_nan(overflowing):
@@ -72,7 +73,7 @@ def test_losses_and_gradients_are_nan(overflowing):
 
 def test_f4_line_is_divergent_at_every_step_size(overflowing):
   model, variables, images, labels = overflowing
-  found = landscape.along_gradient_host(model, variables, images, labels, (0.0, 1e-6, 1e-3))
+  found = divergence.along_gradient_host(model, variables, images, labels, (0.0, 1e-6, 1e-3))
   assert float(found["max_stable_eta"]) == 0.0
   assert _not_finite(found["loss_E"]) and _not_finite(found["relative_loss_E"])
 

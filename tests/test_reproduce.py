@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from bnjax import data, paper, reproduce
+from bnjax import data, paper
+from bnjax.experiments import reproduce
 
 from conftest import load_config
 

@@ -1,17 +1,14 @@
-"""Pieces every analysis needs: the loss, recorded layers in depth order, members at init."""
+"""Pieces every analysis needs: the loss and its gradient, recorded layers in depth order."""
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from bnjax import data, forward, sweep, train
-from bnjax.models import init_variables as init_model_variables, make_model, resnet
+from bnjax import forward, train
+from bnjax.models import ordered_leaves, resnet
 
 Variables = Mapping[str, Any]
 
@@ -69,59 +66,51 @@ def check_layers(layers: tuple[int, ...], num_layers: int, kind: str) -> None:
 
 def recorded_layers(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,
                     kind: str, train_mode: bool = True) -> list[tuple[str, jax.Array]]:
-  """[(module path, activation)] of every recorded `kind`, in depth order.
+  """[(module path, activation)] of every recorded `kind`, in the model's depth order.
 
-  `kind` is one of conv_out, norm_out, branch_out, block_out, logits (see
-  bnjax/models/resnet.py). Module names carry their position, so sorting
-  by path gives depth order (stem, stage1_block00, ..., stage3_block17),
-  for scanned models too (`resnet.unscan`).
+  `kind` is a name the model sows into "intermediates" (the ResNet's:
+  conv_out, norm_out, branch_out, block_out, logits; see
+  bnjax/models/resnet.py); the module path is "" for the top level. The
+  order is the model's (`models.ordered_leaves`): for the ResNet stem,
+  stage1_block00, ..., stage3_block17, one entry per block when scanned.
   """
   _, state = model.apply(variables, images_BxHxWxC, train=train_mode,
                          mutable=["intermediates", "batch_stats"])
-  flat = flax.traverse_util.flatten_dict(resnet.unscan(state["intermediates"]), sep="/")
-  found = [(path.rsplit("/", 1)[0] if "/" in path else "", values[0])
-           for path, values in flat.items() if path.rsplit("/", 1)[-1] == kind]
-  return sorted(found, key=lambda item: depth_key(item[0]))
+  found = []
+  for path, values in ordered_leaves(model, state["intermediates"]):
+    module, _, name = path.rpartition("/")
+    if name == kind:
+      found.append((module, values[0]))
+  return found
 
 
-def depth_key(path: str) -> tuple:
-  """Sort key of a module path in depth order, the classifier last.
-
-  stem < stage1_block00/conv_norm1 < .../conv_norm2 < .../projection <
-  stage1_block01 < ... < stage1_block100 < ... < stage2_block00 ... <
-  classifier. Numbers in names compare as numbers, so that stages of 100
-  or more blocks (ResNet-608 and deeper) stay in order.
-  """
-  order = {"stem": 0, "conv_norm1": 1, "conv_norm2": 2, "projection": 3, "classifier": 8, "": 9}
-  return tuple((order.get(p, 5), _natural(p)) for p in path.split("/"))
 
 
-def _natural(name: str) -> tuple:
-  """"stage1_block100" -> ("stage", 1, "_block", 100, ""): digit runs compare as integers."""
-  return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+def weight_kernels(model: nn.Module, params: Variables) -> list[tuple[str, jax.Array]]:
+  """[(module path, kernel)] of every weight layer, in the model's depth order: layers 1..L.
 
-
-def arm_models(config: ml_collections.ConfigDict) -> list[tuple[sweep.Arm, nn.Module]]:
-  """Every arm of the config with its Flax model."""
-  return [(arm, make_model(arm.model_config, num_classes=data.NUM_CLASSES,
-                           dtype=config.train.compute_dtype))
-          for arm in sweep.make_arms(config)]
-
-
-def init_variables(model: nn.Module, seed: int) -> dict[str, Any]:
-  """A member's variables at initialisation ({params, batch_stats})."""
-  variables = init_model_variables(model, jax.random.key(seed), jnp.zeros((1, *data.IMAGE_SHAPE)),
-                                   train=False)
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-
-
-def conv_kernels(params: Variables) -> list[tuple[str, jax.Array]]:
-  """[(module path, kernel)] of every convolution, in depth order (layers 1..L-1).
-
-  Works on parameters and on gradients alike (any pytree shaped like params),
+  A weight layer is a module with a leaf called kernel (nn.Conv, nn.Dense):
+  for a ResNet-110 its 109 convolutions, then the classifier. Works on
+  parameters and on gradients alike (any pytree shaped like params),
   scanned or not.
   """
-  flat = flax.traverse_util.flatten_dict(resnet.unscan(params), sep="/")
-  found = [(path.rsplit("/", 2)[0], value) for path, value in flat.items()
-           if path.endswith("conv/kernel")]
-  return sorted(found, key=lambda item: depth_key(item[0]))
+  found = []
+  for path, leaf in ordered_leaves(model, params):
+    module, _, name = path.rpartition("/")
+    if name == "kernel":
+      found.append((module, leaf))
+  return found
+
+
+def conv_kernels(params: Variables, model: nn.Module | None = None
+                 ) -> list[tuple[str, jax.Array]]:
+  """[(path, kernel)] of every 2-D convolution, in depth order (the ResNet's layers 1..L-1).
+
+  A convolution's kernel is a 4-D (H, W, C_in, C_out) leaf called kernel;
+  its path is that of the module holding the convolution (the ResNet's
+  ConvNorm: "stem", "stage1_block00/conv_norm1"). Works on parameters and on
+  gradients alike, scanned or not. Without `model`, the order is a ResNet's.
+  """
+  model = resnet.CifarResNet() if model is None else model
+  return [("/".join(path.split("/")[:-2]), leaf) for path, leaf in ordered_leaves(model, params)
+          if path.rpartition("/")[2] == "kernel" and len(getattr(leaf, "shape", ())) == 4]

@@ -59,20 +59,30 @@ def weight_gradients(model: nn.Module, variables: common.Variables, images_BxHxW
   return common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)[1]
 
 
-def conv_gradient_norms(grads: common.Variables) -> jax.Array:
-  """(L-1,) Frobenius norms of every conv kernel's gradient, layer 1 (stem) first."""
-  return jnp.stack([jnp.linalg.norm(g.ravel()) for _, g in common.conv_kernels(grads)])
+def conv_gradient_norms(grads: common.Variables, model: nn.Module | None = None) -> jax.Array:
+  """(L-1,) Frobenius norms of every conv kernel's gradient, layer 1 (stem) first.
+
+  In `model`'s depth order (`common.conv_kernels`; a ResNet's without it).
+  """
+  return jnp.stack([jnp.linalg.norm(g.ravel()) for _, g in common.conv_kernels(grads, model)])
 
 
-def layer_gradient_values(grads: common.Variables, layer: int) -> jax.Array:
+def weight_gradient_norms(model: nn.Module, grads: common.Variables) -> jax.Array:
+  """(L,) Frobenius norms of every weight layer's kernel gradient (`common.weight_kernels`)."""
+  return jnp.stack([jnp.linalg.norm(g.ravel()) for _, g in common.weight_kernels(model, grads)])
+
+
+def layer_gradient_values(grads: common.Variables, layer: int,
+                          model: nn.Module | None = None) -> jax.Array:
   """F3: every entry of weight layer `layer`'s kernel gradient, flattened.
 
-  Layers are numbered from 1 in depth order (1 is the stem; the paper's
-  figure 3 uses layer 55 of ResNet-110, a 3x3x32x32 kernel in stage 2). A
-  layer outside 1..number of convs raises ValueError rather than counting
-  from the end, as Python's negative indices would.
+  Layers are numbered from 1 in `model`'s depth order (a ResNet's without
+  it; 1 is the stem; the paper's figure 3 uses layer 55 of ResNet-110, a
+  3x3x32x32 kernel in stage 2). A layer outside 1..number of convs raises
+  ValueError rather than counting from the end, as Python's negative
+  indices would.
   """
-  kernels = common.conv_kernels(grads)
+  kernels = common.conv_kernels(grads, model)
   common.check_layers((layer,), len(kernels), "conv")
   return kernels[layer - 1][1].ravel()
 
@@ -89,8 +99,8 @@ def gradient_summary(model: nn.Module, variables: common.Variables, images_BxHxW
   g_BxK = output_gradient(model, variables, images_BxHxWxC, labels_B)
   loss, grads = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)
   return {"output_grad_BxK": g_BxK, **input_independence(g_BxK),
-          "layer_grad_values": layer_gradient_values(grads, layer),
-          "conv_grad_norms_L": conv_gradient_norms(grads),
+          "layer_grad_values": layer_gradient_values(grads, layer, model),
+          "conv_grad_norms_L": conv_gradient_norms(grads, model),
           "loss": loss, "finite": jnp.isfinite(loss)}
 
 

@@ -18,12 +18,10 @@ That is the function the optimizer descends; the running averages are
 neither used nor updated. The loss is the cross-entropy alone (no weight
 decay term), as in the paper.
 
-Every function but `along_gradient_host` is pure and jittable; `model` and
-`etas` are static Python values, so jit them with `functools.partial`. They
-take one member's variables and can be vmapped over members.
-`along_gradient_host` cannot be jitted or vmapped: it loops over η on the
-host, calling a jitted `line_point` per η (faster on a CPU), and gives the
-same dict as `along_gradient`.
+Every function is pure and jittable; `model` and `etas` are static Python
+values, so jit them with `functools.partial`. They take one member's
+variables and can be vmapped over members. (`bnjax.experiments.divergence`
+runs the η loop on the host instead where that is faster: on a CPU.)
 """
 
 from collections.abc import Sequence
@@ -43,10 +41,6 @@ DIVERGENCE_THRESHOLD = 1e3
 def log_grid(low: float = 1e-5, high: float = 1e-1, num: int = 25) -> np.ndarray:
   """Step sizes η, log-spaced from `low` to `high` (F4's horizontal axis)."""
   return np.geomspace(low, high, num)
-
-
-def _sq_norm(tree: Any) -> jax.Array:
-  return optax.tree.norm(tree, squared=True)
 
 
 def largest_stable_eta(etas_E: jax.Array, relative_loss_E: jax.Array,
@@ -71,7 +65,7 @@ def line_point(model: nn.Module, variables: common.Variables, images_BxHxWxC: ja
   """
   moved = jax.tree.map(lambda p, d: p - eta * d, variables["params"], g)
   loss, grad = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B, moved)
-  return loss, jnp.sqrt(_sq_norm(jax.tree.map(jnp.subtract, grad, g)))
+  return loss, jnp.sqrt(optax.tree.norm(jax.tree.map(jnp.subtract, grad, g), squared=True))
 
 
 def summarize(loss: jax.Array, grad_norm: jax.Array, eta_E: jax.Array, loss_E: jax.Array,
@@ -123,36 +117,17 @@ def along_gradient(model: nn.Module, variables: common.Variables, images_BxHxWxC
   η = 0 is allowed in the grid (relative loss exactly 1); its β is NaN.
   The η values are evaluated one after another (`lax.map`), so memory is
   that of one gradient. XLA:CPU runs convolution gradients inside a loop
-  body tens of times slower than outside one; on a CPU prefer
-  `along_gradient_host`, which gives the same dict.
+  body tens of times slower than outside one; on a CPU
+  `bnjax.experiments.divergence` loops over η on the host instead.
   """
   loss, g = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)
   eta_E = jnp.asarray(etas, jnp.float32)
   point = lambda eta: line_point(model, variables, images_BxHxWxC, labels_B, g, eta)
   loss_E, change_E = jax.lax.map(point, eta_E)
-  return summarize(loss, jnp.sqrt(_sq_norm(g)), eta_E, loss_E, change_E, threshold)
-
-
-def along_gradient_host(model: nn.Module, variables: common.Variables,
-                        images_BxHxWxC: jax.Array, labels_B: jax.Array, etas: Sequence[float],
-                        threshold: float = DIVERGENCE_THRESHOLD) -> dict[str, jax.Array]:
-  """`along_gradient` with the loop over η on the host: one compiled gradient.
-
-  Not itself jittable; each point is a jitted `line_point` call, compiled
-  once per model and shapes.
-  """
-  loss, g = _jit_grad(model, variables, images_BxHxWxC, labels_B)
-  eta_E = jnp.asarray(etas, jnp.float32)
-  points = [_jit_point(model, variables, images_BxHxWxC, labels_B, g, eta) for eta in eta_E]
-  loss_E, change_E = (jnp.stack(column) for column in zip(*points))
-  return summarize(loss, jnp.sqrt(_sq_norm(g)), eta_E, loss_E, change_E, threshold)
+  return summarize(loss, optax.tree.norm(g), eta_E, loss_E, change_E, threshold)
 
 
 def first_order_relative_loss(loss: jax.Array, grad_norm: jax.Array,
                               eta_E: jax.Array) -> jax.Array:
   """1 − η‖g‖²/L: the relative loss a linear model of L predicts for small η."""
   return 1.0 - eta_E * grad_norm**2 / loss
-
-
-_jit_grad = jax.jit(common.loss_and_grad, static_argnums=0)
-_jit_point = jax.jit(line_point, static_argnums=0)

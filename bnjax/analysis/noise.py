@@ -32,6 +32,8 @@ minibatch's noise exactly, since ∇_SGD − ∇ℓ is the mean of the centred
 per-example gradients of the batch.
 """
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import flatten_util
 
-from bnjax import forward, train
+from bnjax import forward, models, train
 from bnjax.analysis import common
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, x_B..., y_B) -> losses (B,)
@@ -114,13 +116,29 @@ def flatten(tree: Any) -> jax.Array:
 
 
 def leaf_names(tree: Any) -> list[str]:
-  """"a/b/c" path of each leaf, in `flatten` order."""
+  """"a/b/c" path of each leaf, in `flatten` order (not depth order: see `layer_sums`)."""
   return ["/".join(str(getattr(k, "key", k)) for k in path)
           for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def leaf_sizes(tree: Any) -> list[int]:
   return [x.size for x in jax.tree.leaves(tree)]
+
+
+def layer_sums(model: nn.Module, params: Any, values_P: jax.Array) -> list[tuple[str, jax.Array]]:
+  """[(leaf path, () sum of values_P over that leaf)] in the model's depth order.
+
+  `values_P` is a vector in `flatten` order of `params`, e.g.
+  `noise_statistics(...)["C_P"]`, whose sums are the per-leaf C. The model
+  orders the leaves (`models.ordered_leaves`): a ResNet's stem first, the
+  classifier last, one entry per block when its blocks are scanned.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  sizes = [math.prod(x.shape) for x in leaves]
+  bounds = [0, *itertools.accumulate(sizes)]
+  pieces = [values_P[a:b].reshape(x.shape) for x, a, b in zip(leaves, bounds[:-1], bounds[1:])]
+  ordered = models.ordered_leaves(model, jax.tree.unflatten(treedef, pieces))
+  return [(path, jnp.sum(v)) for path, v in ordered]
 
 
 def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, jax.Array]:
@@ -131,12 +149,14 @@ def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, 
     grad_sq_norm      () ‖∇ℓ‖²,
     C                 () E_i ‖∇ℓ_i − ∇ℓ‖² (= tr Σ, the per-example covariance
                       over the pool, normalised by N),
+    C_P               E_i (∇ℓ_i − ∇ℓ)² per coordinate (P,); `layer_sums` gives
+                      its per-leaf sums (the C_L) in depth order,
     C_L               per-leaf C (L = len(sizes)), in `leaf_names` order,
     b_simple          () tr Σ / ‖∇ℓ‖² (McCandlish et al.'s simple noise scale),
     gram_NxN          ⟨∇ℓ_i − ∇ℓ, ∇ℓ_j − ∇ℓ⟩.
   """
   mean_P = jnp.mean(grads_NxP, axis=0)
-  centred_NxP = grads_NxP - mean_P
+  centred_NxP = grads_NxP - mean_P[None]
   sq_P = jnp.mean(jnp.square(centred_NxP), axis=0)
   bounds = [0]
   for s in sizes:
@@ -144,7 +164,7 @@ def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, 
   c_L = jnp.stack([jnp.sum(sq_P[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
   grad_sq = jnp.sum(jnp.square(mean_P))
   c = jnp.sum(sq_P)
-  return {"mean_grad_P": mean_P, "grad_sq_norm": grad_sq, "C": c, "C_L": c_L,
+  return {"mean_grad_P": mean_P, "grad_sq_norm": grad_sq, "C": c, "C_P": sq_P, "C_L": c_L,
           "b_simple": c / grad_sq, "gram_NxN": centred_NxP @ centred_NxP.T}
 
 

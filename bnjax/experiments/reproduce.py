@@ -122,7 +122,7 @@ def at_initialisation(programs: Programs, variables: common.Variables,
   """F3, F4 (minibatch 1), F5, F6 and F7 of one member at initialisation."""
   probed = jax.device_get(programs.probe(variables, *batch))
   g = programs.gradient(variables, *batch)
-  kernels = common.conv_kernels(g["grads"])
+  kernels = common.conv_kernels(g["grads"], programs.model)
   layer_values = np.asarray(kernels[paper_layer(55, programs.model.depth) - 1][1])
   out = {"loss": float(probed["loss"]), "gradient_loss": float(g["loss"]),
          "finite": bool(probed["finite"]) and bool(np.isfinite(g["loss"])),
@@ -167,7 +167,7 @@ def first_steps(programs: Programs, config: ml_collections.ConfigDict, dataset: 
   for step in range(cfg.train_steps):
     batch = data.train_batch(dataset, config.train.data_seed, step, cfg.train_batch_size,
                              config.data.augmentation)
-    if step + 1 in line_at and not bool(state["diverged"]):
+    if step + 1 in line_at and not bool(state.diverged):
       at = train.model_variables(state)
       g = programs.gradient(at, *batch)
       if np.isfinite(g["loss"]):
@@ -176,10 +176,10 @@ def first_steps(programs: Programs, config: ml_collections.ConfigDict, dataset: 
     state, metrics = programs.step(state, *batch, jnp.asarray(step, jnp.int32))
     losses.append(float(metrics["train_loss"]))
   end = float(programs.probe(train.model_variables(state), *probe_batch)["loss"])
-  diverged = bool(state["diverged"])
+  diverged = bool(state.diverged)
   return {"lr": lr, "rate": rate, "probe_loss_start": start, "probe_loss_end": end,
           "train_loss": losses,
-          "diverged": diverged, "diverged_step": int(state["diverged_step"]) if diverged else None,
+          "diverged": diverged, "diverged_step": int(state.diverged_step) if diverged else None,
           "trains": (not diverged) and end < start, "lines": lines}
 
 
@@ -274,7 +274,7 @@ def _measure_arm(programs: Programs, config: ml_collections.ConfigDict, dataset:
                  batch: tuple, pool: tuple) -> Numbers:
   """Everything of one arm: at initialisation, F2, and F1's first steps at every rate."""
   cfg = config.analysis
-  variables = common.init_variables(programs.model, int(config.sweep.seeds[0]))
+  variables = train.init_variables(programs.model, int(config.sweep.seeds[0]))
   norm = programs.model.norm
   out = {"init": at_initialisation(programs, variables, batch, cfg),
          "noise": sgd_noise(programs, variables, pool, cfg), "first_steps": []}
@@ -291,7 +291,7 @@ def _compare_initializers(programs: Programs, arm: sweep.Arm, config: ml_collect
   cfg, found = config.analysis, {}
   for name in cfg.compare_initializers:
     model = make_model({**arm.model_config, "initializer": name})
-    variables = common.init_variables(model, int(config.sweep.seeds[0]))
+    variables = train.init_variables(model, int(config.sweep.seeds[0]))
     init = at_initialisation(programs, variables, batch, cfg)
     steps = first_steps(programs, config, dataset, variables, float(cfg.lr_by_norm["none"]),
                         batch)

@@ -1,0 +1,137 @@
+"""F3 and F7: weight and output gradients, BN against none.
+
+Every member (arm x seed) at initialisation (`python -m bnjax.main
+--config=configs/gradients.py`), or one seed's members of a trained sweep
+(`python -m bnjax.analyze --analyses=gradients`), on the training batch of
+its step: ∂L/∂logits per image and class (F7 heatmap, first member of each
+arm) with the scalars that say how input-independent it is; the weight
+gradients of conv layer `histogram_layer` (F3 histogram) and every conv
+layer's gradient norm against depth. Writes DIR/analysis/<stem>.json
+({batch_size, step, histogram_layer, members: [{arm, seed, step[, lr,
+member], finite, loss, ...}]}) and the figures <stem>_f7_heatmap and
+<stem>_f3_histogram.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bnjax import data, plots, workdir as workdir_lib
+from bnjax.analysis import gradients as grad
+from bnjax.experiments import _members
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """The paper's F3 layer: conv layer 55 of a ResNet-110."""
+  return ml_collections.ConfigDict(dict(histogram_layer=55))
+
+
+def histogram(values: np.ndarray, bins: int = 81) -> dict[str, Any]:
+  """Counts on symmetric bins spanning ±max|value|, plus spread numbers."""
+  values = np.asarray(values, np.float64)
+  edge = float(np.max(np.abs(values))) or 1.0
+  counts, edges = np.histogram(values, bins=bins, range=(-edge, edge))
+  return {"counts": counts, "edges": edges, "std": float(np.std(values)),
+          "max_abs": edge, "p99_abs": float(np.percentile(np.abs(values), 99))}
+
+
+def measure(config: ml_collections.ConfigDict, subjects, images: jax.Array, labels: jax.Array
+            ) -> dict[str, Any]:
+  """Every subject's gradient summary; the first of each arm keeps its F7 heatmap."""
+  layer = config.analysis.histogram_layer
+  summary = lambda model, variables, x, y: grad.gradient_summary(model, variables, x, y, layer)
+  members, step, seen = [], 0, set()
+  for subject, out in _members.measure_each(subjects, summary, images, labels):
+    step = subject.step
+    record = {**subject.identity(), "finite": bool(out["finite"]), "loss": out["loss"]}
+    if record["finite"]:  # an overflowed pass has only NaN gradients to show
+      record.update(_finite_record(out, labels, with_heatmap=subject.arm not in seen))
+      seen.add(subject.arm)
+    members.append(record)
+  return {"batch_size": int(labels.shape[0]), "step": step, "histogram_layer": layer,
+          "members": members}
+
+
+def _finite_record(out: dict[str, Any], labels_B: jax.Array, with_heatmap: bool
+                   ) -> dict[str, Any]:
+  """The F3/F7 numbers of one member with a finite gradient (`gradient_summary` output)."""
+  probs_BxK = out["output_grad_BxK"] * labels_B.shape[0] + np.eye(data.NUM_CLASSES)[labels_B]
+  predictions = grad.input_independence(jnp.asarray(probs_BxK))
+  record = {"same_class_share": out["same_class_share"], "mean_cosine": out["mean_cosine"],
+            "prediction_share": predictions["same_class_share"],
+            "mean_max_probability": float(np.mean(np.max(probs_BxK, axis=1))),
+            "conv_grad_norms": out["conv_grad_norms_L"],
+            "layer_histogram": histogram(out["layer_grad_values"])}
+  if with_heatmap:
+    record["output_grad"] = out["output_grad_BxK"]
+    record["labels"] = np.asarray(labels_B)
+  return record
+
+
+def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
+  """The F7 heatmap and the F3 histogram with gradient norms against depth."""
+  members, when = result["members"], _members.when(result["step"])
+  if not any("layer_histogram" in m for m in members):
+    return []
+  paths = [workdir_lib.figure_path(workdir, f"{stem}{suffix}")
+           for suffix in ("_f7_heatmap", "_f3_histogram")]
+  output_gradient_figure(members, paths[0], when)
+  gradient_histogram_figure(members, result["histogram_layer"], paths[1], when)
+  return paths
+
+
+def output_gradient_figure(members: list[dict], path: str, when: str) -> None:
+  """F7: ∂L/∂logits per image (rows) and class (columns), BN and no-BN side by side."""
+  records = [r for r in members if r.get("output_grad") is not None]
+  fig, axes = plots.subplots(1, len(records), figsize=(4.5 * len(records), 6), squeeze=False)
+  for ax, r in zip(axes[0], records):
+    g = np.asarray([plots.as_float(row) for row in r["output_grad"]])
+    bound = np.nanmax(np.abs(g))
+    im = ax.imshow(g, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="∂L/∂logit (batch-mean loss)")
+    ax.set_title(f"{r['arm']}\nsame top class {r['same_class_share']:.2f}, mean cosine"
+                 f" {r['mean_cosine']:.2f}\npredicted-class share {r['prediction_share']:.2f}",
+                 fontsize=9)
+    ax.set_xlabel("class")
+    ax.set_ylabel("image in batch")
+    ax.set_xticks(range(g.shape[1]))
+  plots.save(fig, path, f"Output-layer gradient {when}")
+
+
+def gradient_histogram_figure(members: list[dict], layer: int, path: str, when: str) -> None:
+  """F3: histogram of one conv layer's weight gradients per arm, and gradient norms vs depth.
+
+  Each histogram keeps its own horizontal range (the no-BN one is far
+  wider); the last panel puts every conv layer's gradient norm on a log axis.
+  """
+  groups = plots.by_arm(members, "layer_histogram")  # members that overflowed have none
+  fig, axes = plots.subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4), squeeze=False)
+  for i, (ax, (arm, records)) in enumerate(zip(axes[0], groups.items())):
+    h = records[0]["layer_histogram"]
+    edges = plots.as_float(h["edges"])
+    ax.stairs(h["counts"], edges, fill=True, color=f"C{i}", alpha=0.7)
+    ax.set_title(f"{arm}: layer {layer}, std {h['std']:.3g}", fontsize=10)
+    ax.set_xlabel("weight gradient ∂L/∂w")
+    ax.set_ylabel("count")
+  norm_ax = axes[0][-1]
+  for i, (arm, records) in enumerate(groups.items()):
+    for j, r in enumerate(records):
+      norms = plots.as_float(r["conv_grad_norms"])
+      norm_ax.plot(np.arange(1, len(norms) + 1), norms, color=f"C{i}", alpha=1.0 if j == 0 else 0.4,
+                   label=arm if j == 0 else None)
+  norm_ax.axvline(layer, color="gray", ls=":", lw=1)
+  norm_ax.set_yscale("log")
+  norm_ax.set_xlabel("conv layer")
+  norm_ax.set_ylabel("‖∂L/∂W‖ (Frobenius)")
+  norm_ax.set_title("Gradient norm vs depth (one line per seed)", fontsize=10)
+  norm_ax.grid(alpha=0.3, which="both")
+  norm_ax.legend(fontsize=8)
+  plots.save(fig, path, f"Weight gradients {when}")
+
+
+# From initialisation: every arm x seed on training batch 0. From a checkpoint:
+# one seed's live members on the batch they would train on next.
+run, from_checkpoint = _members.batch_entry_points("gradients", measure, figures)

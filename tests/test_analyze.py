@@ -1,0 +1,133 @@
+"""Experiments as modules: both entry paths of an experiment, one schema, and experiments of one's own."""
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from bnjax import analyze, config as config_lib, errors, experiments
+
+from conftest import tiny_config
+
+
+def _strict_json(path: str):
+  def refuse(constant):
+    raise ValueError(f"non-strict JSON constant {constant}")
+  with open(path) as f:
+    return json.load(f, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory) -> str:
+  """A 3-step ResNet-8 sweep with one BN member (lr 0.01), trained in-process."""
+  config = tiny_config(num_steps=3)
+  config.sweep.lrs = (0.01,)
+  config.sweep.arms.norm = ("batch",)
+  config.eval_every = 3
+  workdir = str(tmp_path_factory.mktemp("sweep"))
+  experiments.get("train").run(config, workdir)
+  return workdir
+
+
+def test_analyze_measures_a_checkpoint_in_the_schema_of_the_job(trained_workdir):
+  written = analyze.analyze(trained_workdir, num_etas=3, pool_size=16, num_train_batches=1)
+  names = sorted(os.path.basename(p) for p in written)
+  assert names == ["accuracy.png", "divergence_step3.json", "divergence_step3.png",
+                   "sgd_noise_step3.json", "sgd_noise_step3.png"]
+  noise = _strict_json(os.path.join(trained_workdir, "analysis", "sgd_noise_step3.json"))
+  assert noise["step"] == 3 and [len(arm["members"]) for arm in noise["arms"]] == [1]
+  member = noise["arms"][0]["members"][0]
+  assert {"arm", "seed", "lr", "base_lr", "step", "member", "diverged", "bound"} <= set(member)
+  # Per-layer C in depth order: the stem first, the classifier last (not sorted by name).
+  assert member["layers"][0].startswith("stem/") and member["layers"][-1].startswith("classifier/")
+  assert len(member["layer_C"]) == len(member["layers"])
+  divergence = _strict_json(os.path.join(trained_workdir, "analysis", "divergence_step3.json"))
+  line = divergence["arms"][0]["lines"][0]
+  assert line["step"] == 3 and line["minibatch"] == 4 and line["lr"] == 0.01
+  assert line["relative_loss_E"][0] == pytest.approx(1.0, abs=0.01)
+
+
+def test_layer_experiments_measure_a_checkpoint_too(trained_workdir):
+  written = analyze.analyze(trained_workdir, analyses=("gradients", "random_matrix"),
+                            histogram_layer=2, matrix_size=16, jacobian_batch=2, chunk=20)
+  names = sorted(os.path.basename(p) for p in written)
+  assert names == ["accuracy.png", "gradients_step3.json", "gradients_step3_f3_histogram.png",
+                   "gradients_step3_f7_heatmap.png", "random_matrix_step3.json",
+                   "random_matrix_step3_f8.png"]
+  gradients = _strict_json(os.path.join(trained_workdir, "analysis", "gradients_step3.json"))
+  assert gradients["step"] == 3
+  assert [(m["arm"], m["lr"], m["step"]) for m in gradients["members"]] == [
+      ("norm=batch", 0.01, 3)]
+
+
+def test_analyze_refuses_unknown_analyses_and_seeds(trained_workdir):
+  with pytest.raises(errors.ConfigError, match="Unknown analyses.*'train'"):
+    analyze.analyze(trained_workdir, analyses=("train",))
+  with pytest.raises(errors.ConfigError, match="--seed=7 is not a seed of this run"):
+    analyze.analyze(trained_workdir, analyses=("divergence",), seed=7)
+
+
+WEIGHT_NORMS = '''
+    """A researcher's experiment: every weight layer's norm, at init or at a checkpoint."""
+    import jax
+    import ml_collections
+    import optax
+
+    from bnjax import data, experiments, workdir as workdir_lib
+    from bnjax.experiments import _members
+
+
+    def defaults():
+      return ml_collections.ConfigDict(dict(squared=False))
+
+
+    def measure(config, subjects):
+      norm = lambda model, variables: {
+          "/".join(str(k.key) for k in path): optax.tree.norm(leaf, squared=config.analysis.squared)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])}
+      return {"members": [{**s.identity(), "norms": out}
+                          for s, out in _members.measure_each(subjects, norm)]}
+
+
+    def run(config, workdir):
+      data.load(config.data)
+      workdir_lib.prepare(workdir, config)
+      experiments.write(workdir, "weight_norms", measure(config, _members.at_init(config)),
+                        figures)
+
+
+    def from_checkpoint(run_, config, dataset, seed=None):
+      return measure(config, _members.at_checkpoint(run_, seed))
+
+
+    def figures(result, workdir, stem):
+      return []
+'''
+
+
+def test_an_experiment_of_ones_own_is_one_module(tmp_path, monkeypatch, trained_workdir):
+  """A module on the path, named by config.job and --analyses, needs no edit to bnjax."""
+  (tmp_path / "my_lab").mkdir()
+  (tmp_path / "my_lab" / "__init__.py").write_text("")
+  (tmp_path / "my_lab" / "weight_norms.py").write_text(textwrap.dedent(WEIGHT_NORMS))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  config = tiny_config()
+  config.job = "my_lab.weight_norms"
+  config.analysis = experiments.get(config.job).defaults()
+  config_lib.validate(config)
+  experiments.get(config.job).run(config, str(tmp_path / "run"))
+  at_init = _strict_json(str(tmp_path / "run" / "analysis" / "weight_norms.json"))
+  assert [(m["arm"], m["seed"], m["step"]) for m in at_init["members"]] == [
+      ("norm=batch", 0, 0), ("norm=none", 0, 0)]
+  analyze.analyze(trained_workdir, analyses=("my_lab.weight_norms",))
+  at_step = _strict_json(os.path.join(trained_workdir, "analysis", "weight_norms_step3.json"))
+  assert at_step["members"][0]["step"] == 3
+  assert at_step["members"][0]["norms"].keys() == at_init["members"][0]["norms"].keys()
+
+
+def test_an_unknown_job_is_one_sentence():
+  config = tiny_config()
+  config.job = "no_such_experiment"
+  with pytest.raises(errors.ConfigError, match="Unknown job 'no_such_experiment'"):
+    config_lib.validate(config)
