@@ -199,7 +199,7 @@ def load(data_config: Mapping[str, Any]) -> Dataset:
 def normalize(images_BxHxWxC: jax.Array, dataset: Dataset) -> jax.Array:
   """uint8 images -> float32, per-channel standardised with the train stats."""
   x = images_BxHxWxC.astype(jnp.float32) / 255.0
-  return (x - dataset.mean_C) / dataset.std_C
+  return (x - dataset.mean_C[None, None, None]) / dataset.std_C[None, None, None]
 
 
 def augment(images_Bx32x32x3: jax.Array, key: jax.Array) -> jax.Array:

@@ -89,7 +89,7 @@ def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[s
                    " initialisations, all seeds seeing the same data)")
 
 
-# ---------------------------------------------------------------- shared by the experiments' figures
+# -------------------------------------------------------- shared by the experiments' figures
 
 
 def by_arm(members: list[dict], key: str | None = None) -> dict[str, list[dict]]:

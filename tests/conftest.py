@@ -13,6 +13,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       tempfile.mkdtemp(prefix="bnjax-test-xla-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Implicit rank promotion ((B,) + (B, K)) is how broadcasting bugs hide: refuse it.
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
 
 import ml_collections
 import pytest

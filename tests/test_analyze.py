@@ -1,4 +1,4 @@
-"""Experiments as modules: both entry paths of an experiment, one schema, and experiments of one's own."""
+"""Experiments as modules: both entry paths write one schema; an experiment of one's own."""
 
 import json
 import os

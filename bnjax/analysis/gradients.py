@@ -115,6 +115,7 @@ def bn_input_gradient(x_BxHxWxC: jax.Array, cotangent_BxHxWxC: jax.Array,
   """
   def normalise(x):
     axes = tuple(range(x.ndim - 1))
-    return (x - jnp.mean(x, axes)) / jnp.sqrt(jnp.var(x, axes) + eps)
+    mean, var = jnp.mean(x, axes, keepdims=True), jnp.var(x, axes, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps)
   x_hat, vjp = jax.vjp(normalise, x_BxHxWxC)
   return {"grad_x": vjp(cotangent_BxHxWxC)[0], "x_hat": x_hat}

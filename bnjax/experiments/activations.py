@@ -84,13 +84,15 @@ def moments_vs_depth_figure(members: list[dict], path: str, when: str) -> None:
   Layers are the conv outputs (before normalisation) and the logits last.
   """
   groups = plots.by_arm(members)
-  fig, axes = plots.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+  fig, axes = plots.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True,
+                             squeeze=False)
   for ax, (arm, records) in zip(axes[0], groups.items()):
     for key, label, color in (("log10_abs_mean", "|channel mean|", "C0"),
                               ("log10_std", "channel std", "C3")):
       rows = records[0][key]
       layers = np.arange(1, len(rows) + 1)
-      ax.errorbar(layers, plots.as_float([r["mean"] for r in rows]), yerr=plots.as_float([r["std"] for r in rows]),
+      ax.errorbar(layers, plots.as_float([r["mean"] for r in rows]),
+                  yerr=plots.as_float([r["std"] for r in rows]),
                   fmt="o-", ms=3, capsize=2, color=color, label=label)
     ax.set_title(arm)
     ax.set_xlabel("layer (conv outputs in depth order, then logits)")
@@ -103,7 +105,8 @@ def moments_vs_depth_figure(members: list[dict], path: str, when: str) -> None:
 def signal_propagation_figure(members: list[dict], path: str, when: str) -> None:
   """Signal propagation plot (Brock et al. 2021) at every residual block, per arm, log y."""
   groups = plots.by_arm(members)
-  fig, axes = plots.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+  fig, axes = plots.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True,
+                             squeeze=False)
   names = (("mean_sq_N", "avg squared channel mean"), ("var_N", "avg channel variance"),
            ("branch_var_N", "avg residual-branch variance"))
   for ax, (arm, records) in zip(axes[0], groups.items()):

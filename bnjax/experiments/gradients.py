@@ -90,7 +90,8 @@ def output_gradient_figure(members: list[dict], path: str, when: str) -> None:
   for ax, r in zip(axes[0], records):
     g = np.asarray([plots.as_float(row) for row in r["output_grad"]])
     bound = np.nanmax(np.abs(g))
-    im = ax.imshow(g, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    im = ax.imshow(g, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
+                   interpolation="nearest")
     fig.colorbar(im, ax=ax, label="∂L/∂logit (batch-mean loss)")
     ax.set_title(f"{r['arm']}\nsame top class {r['same_class_share']:.2f}, mean cosine"
                  f" {r['mean_cosine']:.2f}\npredicted-class share {r['prediction_share']:.2f}",
@@ -108,7 +109,8 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str, when: 
   wider); the last panel puts every conv layer's gradient norm on a log axis.
   """
   groups = plots.by_arm(members, "layer_histogram")  # members that overflowed have none
-  fig, axes = plots.subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4), squeeze=False)
+  fig, axes = plots.subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4),
+                             squeeze=False)
   for i, (ax, (arm, records)) in enumerate(zip(axes[0], groups.items())):
     h = records[0]["layer_histogram"]
     edges = plots.as_float(h["edges"])

@@ -98,7 +98,8 @@ def random_matrix_figure(results: dict, path: str, when: str) -> None:
       s = plots.as_float(r["singular_values"])
       label = f"{arm} (log10 cond {r['log10_condition']:.2f})" if j == 0 else None
       alpha = 1.0 if j == 0 else 0.4
-      sorted_ax.plot(np.arange(1, len(s) + 1), s, "o-", ms=2, color=f"C{i}", alpha=alpha, label=label)
+      sorted_ax.plot(np.arange(1, len(s) + 1), s, "o-", ms=2, color=f"C{i}", alpha=alpha,
+                     label=label)
       spread_ax.plot(np.arange(1, len(s) + 1), s / np.nanmax(s), "o-", ms=2, color=f"C{i}",
                      alpha=alpha, label=label)
   for ax, what in ((sorted_ax, "singular value"), (spread_ax, "singular value / largest")):
