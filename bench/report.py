@@ -1,14 +1,21 @@
 """Readable text for benchmark records: one row per measurement, and the table.
 
     python -m bench.report bench/results/cpu_resnet20.json ...
+    python -m bench.report bench/results/gpu-2026-12-01/
 
 prints the records of saved results as Markdown tables, the form
-docs/performance.md quotes them in.
+docs/performance.md quotes them in. A folder is the output of bench/gpu.sh:
+its rows' JSON files become one throughput table and one compile-time
+table, followed by the rows that did not run and why.
 """
 
+import glob
 import json
+import os
 import sys
 from typing import Any
+
+MAX_SPREAD = 0.05  # rows whose rounds differ by more are flagged
 
 COLUMNS = (  # (header, width, format of the record's value)
     ("framework", 9, "{framework}"),
@@ -16,12 +23,12 @@ COLUMNS = (  # (header, width, format of the record's value)
     ("M", 3, "{members}"),
     ("executor", 18, "{executor_label}"),
     ("scan", 4, "{scan_text}"),
-    ("dtype", 8, "{dtype}"),
+    ("dtype", 8, "{dtype_text}"),
     ("img/s", 9, "{images_per_s:.1f}"),
     ("±%", 4, "{spread_pct}"),
     ("img/s/mem", 9, "{images_per_s_per_member:.1f}"),
     ("step ms", 9, "{step_ms:.1f}"),
-    ("compile s", 9, "{compile_time_s:.1f}"),
+    ("compile s", 9, "{compile_text}"),
     ("peak MiB", 9, "{peak_mib}"),
     ("input %", 7, "{input_pct}"),
     ("vs best", 7, "{vs_best_text}"),
@@ -44,6 +51,7 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
     peak_mib += "*"
   scan = record.get("scan_blocks")
   return {**record, "executor_label": executor, "step_ms": 1e3 * record["step_time_s"],
+          "dtype_text": dtype_text(record), "compile_text": compile_text(record),
           "peak_mib": peak_mib, "scan_text": "-" if scan is None else ("yes" if scan else "no"),
           "spread_pct": _maybe(record.get("spread"), "{:.0f}", 100),
           "input_pct": _maybe(record.get("input_share"), "{:.0f}", 100),
@@ -55,13 +63,40 @@ def _maybe(value: float | None, fmt: str, scale: float = 1.0) -> str:
   return "-" if value is None else fmt.format(scale * value)
 
 
+def dtype_text(record: dict[str, Any]) -> str:
+  """The compute dtype, with the float32 matmul precision where it is not JAX's default."""
+  precision = record.get("precision") or "default"
+  return record["dtype"] if precision == "default" else f"{record['dtype']}/{precision}"
+
+
+def compile_text(record: dict[str, Any]) -> str:
+  """Compile seconds; "r" marks a program reused in-process, "c" one loaded from the cache."""
+  text = f"{record['compile_time_s']:.1f}"
+  if record.get("new_programs") == 0:
+    return text + " r"
+  if record.get("cache_hits"):
+    return text + " c"
+  return text
+
+
+def _error_row(record: dict[str, Any], cells: int) -> list[str]:
+  """The cells of a record of a measurement that failed: its identity, then the error."""
+  scan = record.get("scan_blocks")
+  identity = [record["framework"], str(record["depth"]), str(record["members"]),
+              record.get("executor", ""), "-" if scan is None else ("yes" if scan else "no"),
+              dtype_text(record)]
+  return identity + [f"failed: {record['error']}"] + ["-"] * (cells - len(identity) - 1)
+
+
 def markdown_row(record: dict[str, Any]) -> str:
   """One Markdown table line for a throughput or compile-only record."""
   if record.get("mode") == "compile_only":
     scan = "scanned" if record.get("scan_blocks") else "unrolled"
-    return (f"| ResNet-{record['depth']} | {record['members']} | {scan} | {record['dtype']} |"
+    return (f"| ResNet-{record['depth']} | {record['members']} | {scan} | {dtype_text(record)} |"
             f" {record['lower_time_s']:.1f} | {record['compile_time_s']:.1f} |"
             f" {record['lower_time_s'] + record['compile_time_s']:.1f} |")
+  if "error" in record:
+    return "| " + " | ".join(_error_row(record, len(COLUMNS))) + " |"
   fields = _fields(record)
   return "| " + " | ".join(fmt.format(**fields).strip() for _, _, fmt in COLUMNS) + " |"
 
@@ -89,9 +124,11 @@ def row(record: dict[str, Any]) -> str:
   """One line of the table for a throughput record."""
   if record.get("mode") == "compile_only":
     scan = "scanned blocks" if record.get("scan_blocks") else "unrolled blocks"
-    return (f"ResNet-{record['depth']} M={record['members']} {record['dtype']} vmapped step,"
+    return (f"ResNet-{record['depth']} M={record['members']} {dtype_text(record)} vmapped step,"
             f" {scan}: trace+lower {record['lower_time_s']:.1f} s,"
             f" compile {record['compile_time_s']:.1f} s")
+  if "error" in record:
+    return " ".join(_error_row(record, 7))
   fields = _fields(record)
   return " ".join(f"{fmt.format(**fields):>{width}}" for _, width, fmt in COLUMNS)
 
@@ -116,7 +153,24 @@ def notes(records: list[dict[str, Any]]) -> list[str]:
   found += auto_summary(records)
   if any(r.get("peak_memory_source") == "process max RSS" for r in records):
     found.append("peak MiB marked * is the process's max RSS (no device memory stats here).")
+  if any(r.get("new_programs") == 0 for r in records):
+    found.append("compile s marked r: the row reused a program an earlier row of the same run"
+                 " compiled (executors that run the same program share it).")
+  if any(r.get("cache_hits") and r.get("new_programs") for r in records):
+    found.append("compile s marked c: the program came from the persistent compilation cache"
+                 " (compiled by an earlier run); cold compile times are in the compile-only rows.")
+  noisy = [r for r in records if r.get("spread", 0) > MAX_SPREAD]
+  if noisy:
+    found.append(f"{len(noisy)} row(s) have a spread over {100 * MAX_SPREAD:.0f}%: "
+                 + ", ".join(_label(r) for r in noisy) + ".")
   return found
+
+
+def _label(record: dict[str, Any]) -> str:
+  """E.g. "ResNet-110 M=18 float32 vmap": which row a note is about."""
+  scan = " scanned" if record.get("scan_blocks") else ""
+  return (f"{record['framework']} ResNet-{record['depth']} M={record['members']}"
+          f" {dtype_text(record)}{scan} {record.get('executor', '')}")
 
 
 def auto_summary(records: list[dict[str, Any]]) -> list[str]:
@@ -125,7 +179,9 @@ def auto_summary(records: list[dict[str, Any]]) -> list[str]:
   for r in records:
     if r.get("executor") == "auto" and "vs_best" in r:
       group = [o for o in records if o.get("framework") == "bnjax" and o["executor"] != "auto"
-               and all(o.get(k) == r.get(k) for k in ("depth", "members", "dtype", "scan_blocks"))]
+               and "error" not in o and all(o.get(k) == r.get(k) for k in
+                                            ("depth", "members", "dtype", "scan_blocks",
+                                             "precision"))]
       best = max(group, key=lambda o: o["images_per_s"])
       scan = ", scanned blocks" if r.get("scan_blocks") else ""
       line = (f"ResNet-{r['depth']} M={r['members']} {r['dtype']}{scan}: auto ->"
@@ -138,10 +194,106 @@ def auto_summary(records: list[dict[str, Any]]) -> list[str]:
   return lines
 
 
+def load_folder(folder: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """(merged results, manifest rows) of a bench/gpu.sh folder.
+
+  The rows come in the manifest's order (the grid's); without a manifest,
+  every row JSON file of the folder in name order.
+  """
+  manifest_path = os.path.join(folder, "manifest.json")
+  rows = []
+  if os.path.exists(manifest_path):
+    with open(manifest_path) as f:
+      rows = json.load(f)["rows"]
+    paths = [os.path.join(folder, f"{r['name']}.json") for r in rows]
+  else:
+    skip = {"manifest.json", "results.json"}
+    paths = sorted(p for p in glob.glob(os.path.join(folder, "*.json"))
+                   if os.path.basename(p) not in skip)
+  merged = {"device": None, "records": []}
+  for path in paths:
+    if os.path.exists(path):
+      with open(path) as f:
+        results = json.load(f)
+      merged["device"] = merged["device"] or results["device"]
+      if "torch_version" in results["device"]:
+        merged["device"]["torch_version"] = results["device"]["torch_version"]
+      merged["records"] += results["records"]
+  return merged, rows
+
+
+def folder_markdown(folder: str) -> str:
+  """The Markdown of a bench/gpu.sh folder: throughput and compile tables, then rows not run."""
+  merged, rows = load_folder(folder)
+  records = merged["records"]
+  parts = [] if records else ["No results yet."]
+  for compile_only in (False, True):
+    part = [r for r in records if (r.get("mode") == "compile_only") == compile_only]
+    if part:
+      parts.append(markdown({"device": merged["device"], "records": part}))
+  missing = [r for r in rows if r.get("status") != "done"]
+  if missing:
+    parts.append("Rows not measured:\n\n" + "\n".join(
+        f"- {r['name']}: {r.get('status', 'not run')}"
+        + (f" ({r['reason']})" if r.get("reason") else "") for r in missing))
+  return "\n\n".join(parts)
+
+
+STARTUP_ROWS = (  # (label, phase or summary key, its compile part's key)
+    ("interpreter", "interpreter", None), ("imports", "imports", None),
+    ("backend", "backend", None), ("data", "data", None),
+    ("init", "init", "init_compile_s"), ("eval (step 0)", "eval", "eval_compile_s"),
+    ("first step", "first_step", "first_step_compile_s"),
+    ("**launch to first step**", "to_first_step_s", "compile_s"))
+
+
+def startup_markdown(results: dict[str, Any]) -> str:
+  """A bench.startup result: seconds per phase (compiling in brackets), by launch kind.
+
+  Each number is the median over the launches of its kind; the last column
+  is warm over nocache.
+  """
+  medians = results["medians"]
+  kinds = [k for k in ("nocache", "cold", "warm") if k in medians]
+  grid, machine = results["grid"], results["device"]
+  child = next(l for l in results["launches"] if l["kind"] != "main")
+  lines = [f"ResNet-{grid['depth']}, {child['members']} members in {child['arms']} arms, batch"
+           f" {grid['batch_size']}, {grid['data']} data, executor {grid['executor']}, on"
+           f" {child['device']}; host {machine['cpu']} ({machine['cpu_count']} CPUs); launches"
+           " per kind: " + ", ".join(f"{k} {int(medians[k]['launches'])}" for k in kinds), ""]
+  ratio = "nocache" in medians and "warm" in medians
+  names = ["phase (s)", *kinds] + (["warm/nocache"] if ratio else [])
+  lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+  for label, key, compile_key in STARTUP_ROWS:
+    cells = []
+    for kind in kinds:
+      value, part = medians[kind].get(key), medians[kind].get(compile_key or "")
+      cells.append("-" if value is None else f"{value:.1f}"
+                   + ("" if part is None else f" ({part:.1f})"))
+    if ratio and medians["nocache"].get(key, 0.0) >= 0.05:
+      cells.append(f"{medians['warm'][key] / medians['nocache'][key]:.2f}")
+    elif ratio:
+      cells.append("-")
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  for launch in results["launches"]:
+    if launch["kind"] == "main":
+      marks = launch["marks"]
+      lines += ["", f"`python -m bnjax.main` ({'with' if 'cold' in kinds else 'without'} the"
+                f" cache): its \"Training\" line {marks.get('setup_done_s', float('nan')):.1f} s"
+                f" and its first step's log line {marks.get('to_first_step_s', float('nan')):.1f} s"
+                " after launch."]
+  return "\n".join(lines)
+
+
 def main(paths: list[str]) -> None:
   for path in paths:
+    if os.path.isdir(path):
+      print(f"{path}:\n\n{folder_markdown(path)}\n")
+      continue
     with open(path) as f:
-      print(f"{path}:\n\n{markdown(json.load(f))}\n")
+      results = json.load(f)
+    text = startup_markdown(results) if "launches" in results else markdown(results)
+    print(f"{path}:\n\n{text}\n")
 
 
 if __name__ == "__main__":

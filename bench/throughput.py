@@ -13,6 +13,14 @@ alone for the same steps, to give the share of a step spent on input.
 `--compile_only` instead lowers and compiles the vmapped step of each
 (depth, M, dtype) without running it, and prints the seconds it took.
 
+Executors that run the same program share it, as a training run's arm
+does: one jitted step per (model, loop) in the process, so `auto` reuses
+the program of the executor it resolves to, and `chunked` with k >= M that
+of `vmap` (their `compile s` is then ~0, and the record's `new_programs` says
+0). `--min_round_s` times each executor for at least that long per round
+(more steps than `--steps` where a step is short), which keeps the spread
+of fast GPU steps small.
+
 Results go to `--out` (JSON: device description, settings, one record per
 measurement) and to a table on stdout; docs/performance.md explains them.
 """
@@ -22,6 +30,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import platform
 import resource
@@ -33,6 +42,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bench import report, torch_baseline
@@ -62,6 +72,9 @@ class Settings:
   torch: bool = True
   torch_compile: bool = True
   compile_only: bool = False
+  min_round_s: float = 0.0
+  precision: str = ""
+  data_cache: str = ""
   out: str = "bench/results.json"
 
 
@@ -110,6 +123,12 @@ def parse_args(argv: list[str]) -> Settings:
   p.add_argument("--torch_compile", type=_bool, default=d.torch_compile, help="use torch.compile when it works")
   p.add_argument("--compile_only", type=_bool, nargs="?", const=True, default=d.compile_only,
                  help="only time compiling the vmapped step")
+  p.add_argument("--min_round_s", type=float, default=d.min_round_s,
+                 help="time each executor for at least this long per round (0: --steps)")
+  p.add_argument("--precision", default=d.precision,
+                 help="jax_default_matmul_precision for the run, e.g. highest (default: JAX's)")
+  p.add_argument("--data_cache", default=d.data_cache,
+                 help="folder to keep the synthetic data in between runs (default: none)")
   p.add_argument("--out", default=d.out, help="JSON file for the results")
   args = p.parse_args(argv)
   settings = Settings(**vars(args))
@@ -126,6 +145,8 @@ def _validate(s: Settings) -> None:
       raise SystemExit(f"Unknown dtype {name!r}; use some of {sorted(DTYPES)}.")
   if min(s.members) < 1 or s.batch < 1 or s.steps < 1 or s.repeats < 1 or s.warmup < 0:
     raise SystemExit("--members, --batch, --steps and --repeats must be >= 1 and --warmup >= 0.")
+  if s.min_round_s < 0:
+    raise SystemExit("--min_round_s must be >= 0.")
   if s.train_size < s.batch:
     raise SystemExit("--train_size must be at least --batch.")
 
@@ -139,7 +160,34 @@ def device_description() -> dict[str, Any]:
   return {"device_kind": device.device_kind, "backend": jax.default_backend(),
           "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
           "platform": platform.platform(), "python": platform.python_version(),
-          "jax_version": jax.__version__}
+          "jax_version": jax.__version__, "matmul_precision": matmul_precision(),
+          "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
+
+
+def matmul_precision() -> str:
+  """JAX's default precision for float32 matmuls and convolutions in this run.
+
+  "default" lets a GPU use TF32 for float32 convolutions; "highest" asks
+  for full float32.
+  """
+  return jax.config.jax_default_matmul_precision or "default"
+
+
+class CacheHits:
+  """Counts JAX's persistent compilation cache hits (jax.monitoring events)."""
+
+  count = 0
+
+  @classmethod
+  def listen(cls) -> None:
+    if not getattr(cls, "_listening", False):
+      jax.monitoring.register_event_listener(cls._on_event)
+      cls._listening = True
+
+  @classmethod
+  def _on_event(cls, event: str, **_: Any) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+      cls.count += 1
 
 
 def peak_memory() -> tuple[int, str]:
@@ -182,6 +230,46 @@ def _block(*trees: Any) -> None:
 
 
 @functools.cache
+def arm_step(depth: int, norm: str, dtype: str, scan: bool, loop: int | None, batch: int,
+             augmentation: bool) -> Callable[..., Any]:
+  """The jitted arm step of this model and member loop, one for all executors of a run.
+
+  A training run builds one step per arm and calls it on every chunk; here
+  executors that pass it the same shapes reuse its compiled program too.
+  """
+  config = train_config(Settings(batch=batch))
+  return train.make_arm_step(make_model(depth, norm, dtype, scan), optimizer(), config,
+                             augmentation, loop)
+
+
+def _programs(fn: Callable[..., Any]) -> int:
+  """How many programs the jitted `fn` holds (-1 where JAX does not say)."""
+  size = getattr(fn, "_cache_size", None)
+  return size() if size else -1
+
+
+def synthetic_data(s: Settings) -> data.Dataset:
+  """The synthetic data of `data.synthetic(0, train_size, batch)`, kept in `--data_cache`.
+
+  Making 50,000 images takes seconds to tens of seconds; a grid of runs
+  makes them once and loads them from an .npz file after that.
+  """
+  if not s.data_cache:
+    return data.synthetic(0, s.train_size, s.batch)
+  path = os.path.join(s.data_cache, f"synthetic-0-{s.train_size}-{s.batch}.npz")
+  if not os.path.exists(path):
+    train_split = data.synthetic_split(0, s.train_size)
+    test_split = data.synthetic_split(1, s.batch)
+    os.makedirs(s.data_cache, exist_ok=True)
+    partial = f"{path}.{os.getpid()}.npz"
+    np.savez(partial, train_x=train_split[0], train_y=train_split[1],
+             test_x=test_split[0], test_y=test_split[1])
+    os.replace(partial, path)
+  with np.load(path) as f:
+    return data.from_numpy((f["train_x"], f["train_y"]), (f["test_x"], f["test_y"]))
+
+
+@functools.cache
 def _jitted_batch(seed: int, batch: int, augmentation: bool) -> Callable[..., Any]:
   """jit(data.train_batch) for these settings, compiled once for every record."""
   return jax.jit(lambda ds, step: data.train_batch(ds, seed, step, batch, augmentation))
@@ -212,38 +300,54 @@ class Contender:
   arm: executor_lib.ArmExecutor
   size: int
   first_step_s: float
+  steps: int  # timed steps per round
+  next_step: int  # the data step the next timed step trains on
+  new_programs: int  # programs the first step compiled or loaded (0: reused in-process)
+  cache_hits: int  # of those, loaded from the persistent compilation cache
   round_step_s: list[float] = dataclasses.field(default_factory=list)
 
 
-def prepare(dataset: data.Dataset, model: CifarResNet, members: int, executor: str,
+def prepare(dataset: data.Dataset, model: CifarResNet, dtype: str, members: int, executor: str,
             s: Settings) -> Contender:
-  """Builds the arm as `bnjax.loop` does, runs the compiling step and the warm-up."""
+  """Builds the arm as `bnjax.loop` does, runs the compiling step and the warm-up.
+
+  The warm-up steps, timed, set how many steps a round needs for
+  `--min_round_s`.
+  """
   tx = optimizer()
   states = train.init_arm(model, tx, tuple(range(members)), jnp.full((members,), 0.1))
   size = executor_lib.chunk_size(executor, members, s.chunk_size)
   loop = executor_lib.loop_members(executor, s.map_batch_size)
-  arm = executor_lib.ArmExecutor.create(
-      train.make_arm_step(model, tx, train_config(s), s.augmentation, loop),
-      train.make_arm_eval(model, s.batch), states, size)
+  step_fn = arm_step(model.depth, model.norm, dtype, model.scan_blocks, loop, s.batch,
+                     s.augmentation)
+  arm = executor_lib.ArmExecutor.create(step_fn, train.make_arm_eval(model, s.batch), states, size)
   _block(arm.chunks)
+  programs, hits = _programs(step_fn), CacheHits.count
   start = time.perf_counter()  # the first step compiles (every chunk shape)
   arm.step(dataset, jnp.asarray(0, jnp.int32))
   _block(arm.chunks, arm.sums)
   first_s = time.perf_counter() - start
+  new_programs, hits = _programs(step_fn) - programs, CacheHits.count - hits
+  start = time.perf_counter()
   for t in range(1, 1 + s.warmup):
     arm.step(dataset, jnp.asarray(t, jnp.int32))
   _block(arm.chunks, arm.sums)
-  return Contender(executor, arm, size, first_s)
+  steps = s.steps
+  if s.min_round_s > 0 and s.warmup > 0:
+    warm_step_s = (time.perf_counter() - start) / s.warmup
+    steps = max(s.steps, min(math.ceil(s.min_round_s / max(warm_step_s, 1e-6)), 100_000))
+  return Contender(executor, arm, size, first_s, steps, 1 + s.warmup, new_programs, hits)
 
 
-def time_steps(contender: Contender, dataset: data.Dataset, first: int, steps: int) -> float:
-  """Seconds per step over `steps` steps, blocking only at the end (as training does)."""
-  arm = contender.arm
+def time_steps(contender: Contender, dataset: data.Dataset) -> float:
+  """Seconds per step over the contender's steps, blocking only at the end (as training does)."""
+  arm, first = contender.arm, contender.next_step
   start = time.perf_counter()
-  for t in range(first, first + steps):
+  for t in range(first, first + contender.steps):
     arm.step(dataset, jnp.asarray(t, jnp.int32))
   _block(arm.chunks, arm.sums)
-  return (time.perf_counter() - start) / steps
+  contender.next_step += contender.steps
+  return (time.perf_counter() - start) / contender.steps
 
 
 def measure_group(dataset: data.Dataset, depth: int, members: int, dtype: str, scan: bool,
@@ -254,17 +358,34 @@ def measure_group(dataset: data.Dataset, depth: int, members: int, dtype: str, s
   turn, so a slow spell of the machine hits all of them alike; a record's
   step time is the median of its rounds and `spread` their (max - min) /
   median.
+
+  An executor whose arm cannot be built or stepped (out of device memory,
+  say) gets a record with its `error` instead, and the others go on.
   """
   model = make_model(depth, s.norm, dtype, scan)
-  contenders = [prepare(dataset, model, members, ex, s) for ex in s.executors]
-  first = 1 + s.warmup
+  contenders, failed = [], []
+  for ex in s.executors:
+    try:
+      contenders.append(prepare(dataset, model, dtype, members, ex, s))
+    except Exception as e:  # e.g. RESOURCE_EXHAUSTED: record it, measure the rest
+      failed.append(_error_record(ex, depth, members, dtype, scan, s, e))
+      print(f"{ex} failed: {failed[-1]['error']}", flush=True)
   for _ in range(s.repeats):
     for contender in contenders:
-      contender.round_step_s.append(time_steps(contender, dataset, first, s.steps))
-    first += s.steps
+      contender.round_step_s.append(time_steps(contender, dataset))
   records = [_record(c, depth, members, dtype, scan, dataset, s) for c in contenders]
   _compare_executors(records)
-  return records
+  return records + failed
+
+
+def _error_record(executor: str, depth: int, members: int, dtype: str, scan: bool,
+                  s: Settings, error: Exception) -> dict[str, Any]:
+  """The record of an executor that could not run: what it was and why (first line)."""
+  message = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
+  return {"framework": "bnjax", "depth": depth, "norm": s.norm, "members": members,
+          "executor": executor, "resolved_executor": executor_lib.resolve(executor),
+          "dtype": dtype, "precision": matmul_precision(), "scan_blocks": scan,
+          "batch": s.batch, "error": message}
 
 
 def _record(c: Contender, depth: int, members: int, dtype: str, scan: bool,
@@ -276,7 +397,9 @@ def _record(c: Contender, depth: int, members: int, dtype: str, scan: bool,
       "framework": "bnjax", "depth": depth, "norm": s.norm, "members": members,
       "executor": c.executor, "resolved_executor": executor_lib.resolve(c.executor),
       "members_per_call": c.size, "calls_per_step": len(c.arm.chunks), "dtype": dtype,
-      "scan_blocks": scan, "batch": s.batch, "warmup_steps": s.warmup, "timed_steps": s.steps,
+      "precision": matmul_precision(), "new_programs": c.new_programs,
+      "cache_hits": c.cache_hits,
+      "scan_blocks": scan, "batch": s.batch, "warmup_steps": s.warmup, "timed_steps": c.steps,
       "repeats": s.repeats, "round_step_time_s": c.round_step_s, "step_time_s": step_s,
       "spread": (max(c.round_step_s) - min(c.round_step_s)) / step_s,
       "images_per_s": members * s.batch / step_s, "images_per_s_per_member": s.batch / step_s,
@@ -294,6 +417,7 @@ def _compare_executors(records: list[dict[str, Any]]) -> None:
   executor's own `vs_best`: the two rows run the same program, so any gap
   between them is timing noise.
   """
+  records = [r for r in records if "error" not in r]
   named = {r["executor"]: r["images_per_s"] for r in records if r["executor"] != "auto"}
   if not named:
     return
@@ -306,8 +430,9 @@ def _compare_executors(records: list[dict[str, Any]]) -> None:
 
 def measure_torch(depth: int, members: int, dtype: str, s: Settings) -> dict[str, Any]:
   """The PyTorch baseline record for (depth, M, dtype), measured in its own process."""
-  result = torch_baseline.measure_in_subprocess(depth, s.norm, members, dtype, s.batch,
-                                                s.warmup, s.steps, s.torch_compile, s.repeats)
+  result = torch_baseline.measure_in_subprocess(
+      depth, s.norm, members, dtype, s.batch, s.warmup, s.steps, s.torch_compile, s.repeats,
+      matmul_precision(), s.min_round_s)
   memory, source = result.pop("peak_memory")
   return {"depth": depth, "norm": s.norm, "members": members, "executor": "one after another",
           "dtype": dtype, "batch": s.batch, "timed_steps": s.steps, "repeats": s.repeats,
@@ -316,6 +441,9 @@ def measure_torch(depth: int, members: int, dtype: str, s: Settings) -> dict[str
 
 def run(s: Settings) -> dict[str, Any]:
   """Measures every combination in `s`; returns (and writes) the results."""
+  if s.precision and s.precision != "default":
+    jax.config.update("jax_default_matmul_precision", s.precision)
+  CacheHits.listen()
   results = {"device": device_description(), "settings": dataclasses.asdict(s), "records": []}
   records = results["records"]
   if s.compile_only:
@@ -324,7 +452,7 @@ def run(s: Settings) -> dict[str, Any]:
     use_torch = s.torch and torch_baseline.available()
     if s.torch and not use_torch:
       print("torch is not installed (pip install -e .[bench]); skipping the PyTorch baseline.")
-    dataset = data.synthetic(0, s.train_size, s.batch)
+    dataset = synthetic_data(s)
     print(report.header(), flush=True)
     for depth, dtype, members in itertools.product(s.depths, s.dtypes, s.members):
       group = []
@@ -333,18 +461,31 @@ def run(s: Settings) -> dict[str, Any]:
       for record in group:
         print(report.row(record), flush=True)
       if use_torch:
-        baseline = measure_torch(depth, members, dtype, s)
+        baseline = _torch_or_error(depth, members, dtype, s)
         print(report.row(baseline), flush=True)
         for record in group:
-          record["vs_torch"] = record["images_per_s"] / baseline["images_per_s"]
+          if "error" not in record and "error" not in baseline:
+            record["vs_torch"] = record["images_per_s"] / baseline["images_per_s"]
         group.append(baseline)
       records.extend(group)
+      write(results, s.out)  # what is measured so far survives a later failure
     if use_torch:
       import torch
       results["device"]["torch_version"] = torch.__version__
   write(results, s.out)
   print(report.table(results))
   return results
+
+
+def _torch_or_error(depth: int, members: int, dtype: str, s: Settings) -> dict[str, Any]:
+  """The baseline's record, or a record of why it failed (e.g. out of memory)."""
+  try:
+    return measure_torch(depth, members, dtype, s)
+  except RuntimeError as e:
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    return {"framework": "torch", "depth": depth, "norm": s.norm, "members": members,
+            "executor": "one after another", "dtype": dtype, "precision": matmul_precision(),
+            "batch": s.batch, "error": (lines[-1] if lines else "failed")[:300]}
 
 
 def compile_times(s: Settings) -> list[dict[str, Any]]:
@@ -368,7 +509,8 @@ def compile_times(s: Settings) -> list[dict[str, Any]]:
     compile_s = time.perf_counter() - start - lower_s
     record = {"framework": "bnjax", "mode": "compile_only", "depth": depth, "norm": s.norm,
               "members": members, "executor": "vmap", "dtype": dtype, "scan_blocks": scan,
-              "batch": s.batch, "lower_time_s": lower_s, "compile_time_s": compile_s}
+              "precision": matmul_precision(), "batch": s.batch, "lower_time_s": lower_s,
+              "compile_time_s": compile_s}
     print(report.row(record), flush=True)
     records.append(record)
   return records

@@ -14,6 +14,7 @@ The benchmark runs `measure` in a process of its own
 
 import importlib.util
 import json
+import math
 import os
 import resource
 import statistics
@@ -105,15 +106,33 @@ def _time_round(step_fns: list, images: Any, labels: Any, steps: int, device: st
   return (time.perf_counter() - start) / steps
 
 
+def set_precision(precision: str) -> bool:
+  """Matches JAX's float32 matmul precision; returns whether TF32 is allowed.
+
+  JAX's "default" lets a GPU run float32 convolutions in TF32, as PyTorch
+  does by default (cudnn.allow_tf32); "highest" (or "float32") is full
+  float32 for both.
+  """
+  import torch
+  full = precision in ("highest", "float32")
+  torch.backends.cudnn.allow_tf32 = not full
+  if full:
+    torch.backends.cuda.matmul.allow_tf32 = False
+  return torch.backends.cudnn.allow_tf32
+
+
 def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
-            warmup: int, steps: int, use_compile: bool = True, repeats: int = 1
-            ) -> dict[str, Any]:
+            warmup: int, steps: int, use_compile: bool = True, repeats: int = 1,
+            precision: str = "default", min_round_s: float = 0.0) -> dict[str, Any]:
   """Times `steps` steps of each of M members run one after another, `repeats` times.
 
   A step is one step of every member; its time is the median over the
   rounds, and images/s is aggregated over members: M * batch / step time.
+  With `min_round_s` > 0 a round has as many more steps as it takes to last
+  that long, going by one step of every member timed after the warm-up.
   """
   import torch
+  tf32 = set_precision(precision)
   device = _device()
   if device == "cuda":
     torch.cuda.reset_peak_memory_stats()
@@ -131,6 +150,9 @@ def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
       step(images, labels)
   _synchronize(device)
   first_s += time.perf_counter() - start  # compiling may go on for a few calls
+  if min_round_s > 0:
+    one_step_s = _time_round(step_fns, images, labels, 1, device)
+    steps = max(steps, min(math.ceil(min_round_s / max(one_step_s, 1e-6)), 100_000))
   round_step_s = [_time_round(step_fns, images, labels, steps, device) for _ in range(repeats)]
   step_time = statistics.median(round_step_s)  # the time for one step of every member
   peak = None
@@ -138,7 +160,8 @@ def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
     peak = (torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated")
   return {
       "framework": "torch", "torch_version": torch.__version__, "device": device,
-      "compiled": compiled, "note": note, "warmup_steps": warmup,
+      "compiled": compiled, "note": note, "warmup_steps": warmup, "timed_steps": steps,
+      "precision": precision, "tf32": tf32,
       "round_step_time_s": round_step_s, "step_time_s": step_time,
       "spread": (max(round_step_s) - min(round_step_s)) / step_time,
       "images_per_s": num_members * batch / step_time,
@@ -151,7 +174,8 @@ def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
 
 def measure_in_subprocess(depth: int, norm: str, num_members: int, dtype: str, batch: int,
                           warmup: int, steps: int, use_compile: bool = True,
-                          repeats: int = 1) -> dict[str, Any]:
+                          repeats: int = 1, precision: str = "default",
+                          min_round_s: float = 0.0) -> dict[str, Any]:
   """`measure` in a fresh Python process, and its record.
 
   A process of its own keeps torch's threads from competing with the thread
@@ -159,7 +183,7 @@ def measure_in_subprocess(depth: int, norm: str, num_members: int, dtype: str, b
   memory (max RSS on CPU) the baseline's alone.
   """
   args = json.dumps([depth, norm, num_members, dtype, batch, warmup, steps, use_compile,
-                     repeats])
+                     repeats, precision, min_round_s])
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run([sys.executable, "-m", "bench.torch_baseline", args], cwd=root,
                         capture_output=True, text=True, check=False)

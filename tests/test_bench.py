@@ -69,3 +69,62 @@ def test_torch_resnet_matches_bnjax_parameter_count(norm):
   if norm == "batch":
     assert expected == 269_722
   assert torch_resnet.num_parameters(torch_resnet.CifarResNet(20, norm)) == expected
+
+
+def test_gpu_grid_covers_the_table_most_important_first():
+  from bench import gpu_grid
+  rows = gpu_grid.grid(gpu_grid.GPU)
+  names = [r.name for r in rows]
+  assert len(set(names)) == len(names)
+  assert rows[0] == gpu_grid.Row(110, 18)  # the target: every executor and the baseline
+  assert set(rows[0].executors) == set(throughput.executor_lib.EXECUTORS)
+  for depth in (110, 20):
+    assert {r.members for r in rows if r.depth == depth and r.dtype == "float32"
+            and r.precision == "default" and not r.scan} == {1, 4, 18, 32}
+    assert f"r{depth}-m18-bf16" in names and f"r{depth}-m18-f32highest" in names
+    assert f"r{depth}-m18-f32-scan" in names and f"compile-r{depth}-m18" in names
+  tiny = gpu_grid.grid(gpu_grid.TINY)
+  assert {(r.depth, r.members) for r in tiny} == {(14, 1), (14, 2), (8, 1), (8, 2)}
+  assert "--steps=2" in tiny[0].args(gpu_grid.TINY, "x.json")
+
+
+def test_gpu_grid_skips_rows_past_the_budget_and_keeps_measured_ones(tmp_path):
+  from bench import gpu_grid
+  rows = gpu_grid.grid(gpu_grid.TINY)
+  (tmp_path / f"{rows[2].name}.json").write_text("{}")  # measured by an earlier run
+  now = [0.0]
+  ran = []
+
+  def runner(row, scale, out, timeout_s):
+    seconds = 2 * gpu_grid.plan([row], scale)[0]  # every row takes twice its estimate
+    now[0] += seconds
+    ran.append(row.name)
+    return "done", seconds
+
+  guard = gpu_grid.Guard(budget_s=100, reserve_s=10, start=0.0, clock=lambda: now[0])
+  manifest = gpu_grid.run_grid(rows, gpu_grid.TINY, str(tmp_path), guard, runner)
+  status = {entry["name"]: entry["status"] for entry in manifest}
+  assert ran[0] == rows[0].name and rows[2].name not in ran
+  assert status[rows[2].name] == "done" and now[0] <= 90
+  skipped = [e for e in manifest if e["status"] == "skipped"]
+  assert skipped and all("budget" in e["reason"] for e in skipped)
+  assert guard.scale == pytest.approx(2.0, rel=0.3)
+
+
+def test_report_of_a_gpu_folder(tmp_path):
+  record = {"framework": "bnjax", "depth": 8, "members": 2, "executor": "vmap",
+            "resolved_executor": "vmap", "dtype": "bfloat16", "precision": "default",
+            "scan_blocks": False, "step_time_s": 0.5, "images_per_s": 16.0,
+            "images_per_s_per_member": 8.0, "compile_time_s": 0.0, "new_programs": 0,
+            "spread": 0.08, "peak_memory_bytes": 2**20, "peak_memory_source": "x"}
+  failed = {**record, "executor": "map", "error": "XlaRuntimeError: RESOURCE_EXHAUSTED"}
+  device = {"device_kind": "gpu", "backend": "gpu", "cpu_count": 16, "jax_version": "0"}
+  (tmp_path / "r8-m2-bf16.json").write_text(json.dumps({"device": device,
+                                                        "records": [record, failed]}))
+  (tmp_path / "manifest.json").write_text(json.dumps({"rows": [
+      {"name": "r8-m2-bf16", "status": "done"},
+      {"name": "r8-m1-f32", "status": "skipped", "reason": "needs ~9 s"}]}))
+  table = report.folder_markdown(str(tmp_path))
+  assert "| bnjax | 8 | 2 | vmap | no | bfloat16 | 16.0 | 8 |" in table
+  assert "0.0 r" in table and "failed: XlaRuntimeError: RESOURCE_EXHAUSTED" in table
+  assert "spread over 5%" in table and "- r8-m1-f32: skipped (needs ~9 s)" in table
