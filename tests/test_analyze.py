@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import textwrap
 
 import pytest
@@ -108,19 +109,20 @@ WEIGHT_NORMS = '''
 
 def test_an_experiment_of_ones_own_is_one_module(tmp_path, monkeypatch, trained_workdir):
   """A module on the path, named by config.job and --analyses, needs no edit to bnjax."""
-  (tmp_path / "my_lab").mkdir()
-  (tmp_path / "my_lab" / "__init__.py").write_text("")
-  (tmp_path / "my_lab" / "weight_norms.py").write_text(textwrap.dedent(WEIGHT_NORMS))
+  (tmp_path / "notebook_lab").mkdir()
+  (tmp_path / "notebook_lab" / "__init__.py").write_text("")
+  (tmp_path / "notebook_lab" / "weight_norms.py").write_text(textwrap.dedent(WEIGHT_NORMS))
   monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, "notebook_lab", raising=False)
   config = tiny_config()
-  config.job = "my_lab.weight_norms"
+  config.job = "notebook_lab.weight_norms"
   config.analysis = experiments.get(config.job).defaults()
   config_lib.validate(config)
   experiments.get(config.job).run(config, str(tmp_path / "run"))
   at_init = _strict_json(str(tmp_path / "run" / "analysis" / "weight_norms.json"))
   assert [(m["arm"], m["seed"], m["step"]) for m in at_init["members"]] == [
       ("norm=batch", 0, 0), ("norm=none", 0, 0)]
-  analyze.analyze(trained_workdir, analyses=("my_lab.weight_norms",))
+  analyze.analyze(trained_workdir, analyses=("notebook_lab.weight_norms",))
   at_step = _strict_json(os.path.join(trained_workdir, "analysis", "weight_norms_step3.json"))
   assert at_step["members"][0]["step"] == 3
   assert at_step["members"][0]["norms"].keys() == at_init["members"][0]["norms"].keys()

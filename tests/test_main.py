@@ -137,14 +137,18 @@ def test_missing_cifar10_from_the_command_line(tmp_path):
 
 
 def test_smoke_sweep_end_to_end(tmp_path):
-  """The README's first quick-start command, as a user runs it."""
+  """The README's first quick-start command, as a user runs it, with one of its two seeds.
+
+  Seed 1 is the one whose no-BN member diverges at rate 0.3; the other seed
+  would double the test's time and add no path.
+  """
   workdir = tmp_path / "smoke"
-  result = _main(workdir)
+  result = _main(workdir, "--config.sweep.seeds=(1,)")
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((workdir / "config.json").read_text())
   assert config["model"]["depth"] == 8
   members = json.loads((workdir / "members.json").read_text())
-  assert len(members) == 12
+  assert len(members) == 6
   bn = [m for m in members if m["norm"] == "batch"]
   no_bn = [m for m in members if m["norm"] == "none"]
   assert all(m["status"] == "trained" for m in bn)
@@ -161,7 +165,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
   assert os.path.getsize(workdir / "figures" / "accuracy.png") > 10_000
   # Rerunning the same command with another config refuses to touch the run.
   before = (workdir / "metrics.jsonl").read_bytes()
-  clash = _main(workdir, "--config.train.num_steps=7", timeout=120)
+  clash = _main(workdir, "--config.sweep.seeds=(1,)", "--config.train.num_steps=7", timeout=120)
   assert clash.returncode != 0 and "different config" in clash.stderr
   assert "train.num_steps" in clash.stderr.strip().splitlines()[-1]
   assert (workdir / "metrics.jsonl").read_bytes() == before

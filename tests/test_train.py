@@ -1,72 +1,29 @@
 """The sweep step: vmapped == one by one, divergence isolation, schedule, learning."""
 
-import functools
-import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from bnjax import data, executor, train
 from bnjax.models import make_model, resnet
 
+from arms import assert_close, compiled_arm, run_arm, trajectory
 from conftest import tiny_config
-
-
-@functools.cache
-def _compiled(config_json: str, norm: str, loop_members: int | None = None):
-  """(model, tx, step_fn, eval_fn) of an arm, built once per config, norm and member loop."""
-  config = ml_collections.ConfigDict(json.loads(config_json))
-  model = make_model({**config.model.to_dict(), "norm": norm})
-  tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
-  step_fn = train.make_arm_step(model, tx, config.train.to_dict(), config.data.augmentation,
-                                loop_members)
-  return model, tx, step_fn, train.make_arm_eval(model, config.eval_batch_size)
-
-
-def _trajectory(config, dataset, norm: str, lrs: list[float], seeds: list[int], chunk: int,
-                steps: int, loop_members: int | None = None) -> list:
-  """Trains members of one arm; the stacked state (numpy) after each step."""
-  model, tx, step_fn, eval_fn = _compiled(config.to_json(), norm, loop_members)
-  states = train.init_arm(model, tx, tuple(seeds), jnp.asarray(lrs, jnp.float32))
-  arm = executor.ArmExecutor.create(step_fn, eval_fn, states, chunk)
-  snapshots = [jax.device_get(arm.states)]
-  for t in range(steps):
-    arm.step(dataset, jnp.asarray(t, jnp.int32))
-    snapshots.append(jax.device_get(arm.states))  # a copy: the step donates its inputs
-  return snapshots
-
-
-def _run(config, dataset, norm: str, lrs: list[float], seeds: list[int], chunk: int, steps: int,
-         loop_members: int | None = None):
-  """Trains members of one arm for `steps` steps; returns the stacked state."""
-  return _trajectory(config, dataset, norm, lrs, seeds, chunk, steps, loop_members)[-1]
-
-
-def _assert_close(a, b, rel: float) -> None:
-  """Global relative difference of two pytrees is below `rel`."""
-  diff = tree_norm(jax.tree.map(jnp.subtract, a, b))
-  assert float(diff) <= rel * float(tree_norm(b)), (float(diff), float(tree_norm(b)))
-
-
-def tree_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x, jnp.float32)))
-                      for x in jax.tree.leaves(tree)))
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_vmapped_sweep_equals_members_run_one_by_one(norm, tiny_dataset):
   config = tiny_config(num_steps=100)
   lrs, seeds = [0.01, 0.05, 0.1], [0, 1, 2]
-  together = _trajectory(config, tiny_dataset, norm, lrs, seeds, chunk=3, steps=3)
-  alone = [_trajectory(config, tiny_dataset, norm, [lr], [seed], chunk=1, steps=3)
+  together = trajectory(config, tiny_dataset, norm, lrs, seeds, chunk=3, steps=3)
+  alone = [trajectory(config, tiny_dataset, norm, [lr], [seed], chunk=1, steps=3)
            for lr, seed in zip(lrs, seeds)]
   for steps, rel in ((1, 1e-6), (3, 1e-4)):  # later steps: rare ReLU flips amplify rounding
     for i in range(len(lrs)):
       for part in ("params", "batch_stats"):
-        _assert_close(jax.tree.map(lambda x: x[i], getattr(together[steps], part)),
+        assert_close(jax.tree.map(lambda x: x[i], getattr(together[steps], part)),
                       jax.tree.map(lambda x: x[0], getattr(alone[i][steps], part)), rel)
 
 
@@ -77,7 +34,7 @@ def test_scanned_blocks_train_exactly_like_unrolled_blocks(tiny_dataset):
   for scan in (False, True):
     config = tiny_config(num_steps=100)
     config.model.update(depth=14, scan_blocks=scan)
-    runs[scan] = _trajectory(config, tiny_dataset, "batch", lrs, seeds, chunk=2, steps=2)
+    runs[scan] = trajectory(config, tiny_dataset, "batch", lrs, seeds, chunk=2, steps=2)
   unrolled, scanned = runs[False], [jax.vmap(resnet.unscan)(state) for state in runs[True]]
   jax.tree.map(np.testing.assert_array_equal, scanned[0], unrolled[0])
   # Step 1 differs by rounding alone (measured: 2e-8 in params, 8e-7 in the
@@ -85,53 +42,14 @@ def test_scanned_blocks_train_exactly_like_unrolled_blocks(tiny_dataset):
   # amplified it (4e-5 and 3e-3).
   for step, tolerances in ((1, (1e-6, 1e-6, 1e-5)), (2, (1e-4, 1e-4, 1e-2))):
     for part, rel in zip(("params", "batch_stats", "opt_state"), tolerances):
-      _assert_close(getattr(scanned[step], part), getattr(unrolled[step], part), rel)
-
-
-def test_sequential_chunked_and_map_executors_agree_with_vmap(tiny_dataset):
-  config = tiny_config(num_steps=100)
-  lrs, seeds = [0.01, 0.02, 0.05, 0.1], [0, 1, 2, 3]
-  vmapped = _run(config, tiny_dataset, "batch", lrs, seeds, chunk=4, steps=2)
-  others = [_run(config, tiny_dataset, "batch", lrs, seeds, chunk=chunk, steps=2)
-            for chunk in (1, 3)]  # 3 leaves a ragged last chunk
-  # The map executor: one call, members looped inside it, 1 or 3 (ragged) vmapped at a time.
-  others += [_run(config, tiny_dataset, "batch", lrs, seeds, chunk=4, steps=2, loop_members=k)
-             for k in (1, 3)]
-  for other in others:
-    _assert_close(other.params, vmapped.params, 1e-5)
-    np.testing.assert_array_equal(other.diverged, vmapped.diverged)
-
-
-def test_map_executor_runs_every_member_in_one_call():
-  assert executor.chunk_size("map", 5, 2) == 5
-  assert executor.loop_members("map", 1) == 1 and executor.loop_members("vmap", 1) is None
-  assert executor.loop_members("auto", 1, backend="cpu") is None
-
-
-@pytest.mark.parametrize("chunk, loop_members", [(1, None), (3, None), (3, 1)])
-def test_diverged_member_is_frozen_and_does_not_touch_the_others(chunk, loop_members,
-                                                                  tiny_dataset):
-  config = tiny_config(num_steps=100)
-  run = lambda lrs, seeds: _run(config, tiny_dataset, "none", lrs, seeds, chunk, 4, loop_members)
-  bad = run([0.01, 0.05, 1e4], [0, 1, 2])
-  assert bad.diverged.tolist() == [False, False, True]
-  assert 0 <= int(bad.diverged_step[2]) < 4
-  assert bad.diverged_step[:2].tolist() == [-1, -1]
-  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(bad.params))
-  # Bit-identical survivors: against the same program with a healthy third
-  # member, and (one member per call) against a sweep without it.
-  benign = run([0.01, 0.05, 0.02], [0, 1, 2])
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[:2], b[:2]), bad, benign)
-  if chunk == 1:
-    without = run([0.01, 0.05], [0, 1])
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[:2], b), bad, without)
+      assert_close(getattr(scanned[step], part), getattr(unrolled[step], part), rel)
 
 
 def test_loss_bound_marks_a_member_diverged(tiny_dataset):
   config = tiny_config(max_loss=1e-3)  # every loss exceeds it
-  states = _run(config, tiny_dataset, "batch", [0.01], [0], chunk=1, steps=2)
+  states = run_arm(config, tiny_dataset, "batch", [0.01], [0], chunk=1, steps=2)
   assert bool(states.diverged[0]) and int(states.diverged_step[0]) == 0
-  initial = _run(config, tiny_dataset, "batch", [0.01], [0], chunk=1, steps=0)
+  initial = run_arm(config, tiny_dataset, "batch", [0.01], [0], chunk=1, steps=0)
   jax.tree.map(np.testing.assert_array_equal, states.params, initial.params)
 
 
@@ -175,7 +93,7 @@ def test_momentum_sgd_with_weight_decay_matches_the_formula():
 def test_synthetic_data_is_learnable():
   config = tiny_config(batch_size=32, num_steps=150)
   dataset = data.synthetic(0, 4096, 512)
-  states = _run(config, dataset, "batch", [0.1], [0], chunk=1, steps=150)
+  states = run_arm(config, dataset, "batch", [0.1], [0], chunk=1, steps=150)
   model = make_model(config.model.to_dict())
   metrics = train.make_arm_eval(model, 256)(states, dataset)
   assert float(metrics["test_accuracy"][0]) > 0.5  # chance is 0.1
@@ -189,7 +107,7 @@ def test_the_step_is_traced_once_for_all_steps_and_rates(tiny_dataset, monkeypat
   original = train.member_step
   monkeypatch.setattr(train, "member_step", member_step)
   config = tiny_config(num_steps=100)
-  model, tx, _, eval_fn = _compiled(config.to_json(), "none")
+  model, tx, _, eval_fn = compiled_arm(config.to_json(), "none")
   step_fn = train.make_arm_step(model, tx, config.train.to_dict(), True)  # a fresh cache
   states = train.init_arm(model, tx, (0, 1), jnp.asarray([0.01, 0.2], jnp.float32))
   arm = executor.ArmExecutor.create(step_fn, eval_fn, states, 2)
