@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 from bench import report, torch_baseline
-from bnjax import config as config_lib, data, executor as executor_lib, train
+from bnjax import config as config_lib, data, executor as executor_lib, models, train
 from bnjax.models.resnet import CifarResNet
 from bnjax.models.registry import DTYPES
 
@@ -213,7 +213,10 @@ def train_config(s: Settings) -> dict[str, Any]:
 
 
 def make_model(depth: int, norm: str, dtype: str, scan_blocks: bool = False) -> CifarResNet:
-  return CifarResNet(depth=depth, norm=norm, dtype=DTYPES[dtype], scan_blocks=scan_blocks)
+  """The training default ResNet (config.model) at this depth and norm, built as a run does."""
+  model_config = {**config_lib.base_config().model.to_dict(), "depth": depth, "norm": norm,
+                  "scan_blocks": scan_blocks}
+  return models.make_model(model_config, num_classes=data.NUM_CLASSES, dtype=dtype)
 
 
 @functools.cache
