@@ -199,22 +199,25 @@ class Run:
     return sweep.select(self.states[a], position)
 
   def variables(self, member: int) -> dict[str, Any]:
-    """One member's {params, batch_stats} for `model(member).apply`, one entry per block.
+    """One member's {params, batch_stats} for `model(member).apply`, one entry per block."""
+    return train.model_variables(self.unrolled(member)[1])
+
+  def model(self, member: int) -> nn.Module:
+    """The Flax model of the member's arm, with one module per block (see `unrolled`)."""
+    return self.unrolled(member)[0]
+
+  def unrolled(self, member: int) -> tuple[nn.Module, train.MemberState]:
+    """The member's model with one module per block, and its state with variables to match.
 
     A model trained with scanned blocks is stored with stacked variables;
     they come back split per block (`models.unrolled`), so that layer names
     (stage2_block05/conv_norm1/...) are the same whichever way it trained.
     """
-    return self._unrolled(member)[1]
-
-  def model(self, member: int) -> nn.Module:
-    """The Flax model of the member's arm, with one module per block (see `variables`)."""
-    return self._unrolled(member)[0]
-
-  def _unrolled(self, member: int) -> tuple[nn.Module, dict[str, Any]]:
-    a, _ = self._locate(member)
-    return models.unrolled(sweep.build_model(self.arms[a], self.config),
-                           train.model_variables(self.member_state(member)))
+    a, position = self._locate(member)
+    state = sweep.select(self.states[a], position)
+    model, variables = models.unrolled(sweep.build_model(self.arms[a], self.config),
+                                       train.model_variables(state))
+    return model, state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
 def available_steps(workdir: str) -> list[int]:

@@ -52,9 +52,6 @@ class MemberState:
   diverged_step: jax.Array
 
 
-State = MemberState  # the name other modules annotate with
-
-
 def num_members(states: MemberState) -> int:
   """M, the number of members stacked in an arm's state."""
   return states.base_lr.shape[0]

@@ -50,15 +50,6 @@ def input_independence(g_BxK: jax.Array) -> dict[str, jax.Array]:
   return {"same_class_share": jnp.max(counts_K) / batch, "mean_cosine": off_diagonal}
 
 
-def weight_gradients(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
-                     labels_B: jax.Array) -> common.Variables:
-  """∇_θ L of the batch-mean loss (a pytree shaped like params), BN in train mode.
-
-  NaN everywhere when the forward pass overflowed.
-  """
-  return common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)[1]
-
-
 def conv_gradient_norms(grads: common.Variables, model: nn.Module | None = None) -> jax.Array:
   """(L-1,) Frobenius norms of every conv kernel's gradient, layer 1 (stem) first.
 

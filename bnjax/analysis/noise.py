@@ -32,8 +32,6 @@ minibatch's noise exactly, since ∇_SGD − ∇ℓ is the mean of the centred
 per-example gradients of the batch.
 """
 
-import itertools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -115,12 +113,6 @@ def flatten(tree: Any) -> jax.Array:
   return flatten_util.ravel_pytree(tree)[0]
 
 
-def leaf_names(tree: Any) -> list[str]:
-  """"a/b/c" path of each leaf, in `flatten` order (not depth order: see `layer_sums`)."""
-  return ["/".join(str(getattr(k, "key", k)) for k in path)
-          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
-
-
 def leaf_sizes(tree: Any) -> list[int]:
   return [x.size for x in jax.tree.leaves(tree)]
 
@@ -133,12 +125,8 @@ def layer_sums(model: nn.Module, params: Any, values_P: jax.Array) -> list[tuple
   orders the leaves (`models.ordered_leaves`): a ResNet's stem first, the
   classifier last, one entry per block when its blocks are scanned.
   """
-  leaves, treedef = jax.tree.flatten(params)
-  sizes = [math.prod(x.shape) for x in leaves]
-  bounds = [0, *itertools.accumulate(sizes)]
-  pieces = [values_P[a:b].reshape(x.shape) for x, a, b in zip(leaves, bounds[:-1], bounds[1:])]
-  ordered = models.ordered_leaves(model, jax.tree.unflatten(treedef, pieces))
-  return [(path, jnp.sum(v)) for path, v in ordered]
+  _, unflatten = flatten_util.ravel_pytree(params)
+  return [(path, jnp.sum(v)) for path, v in models.ordered_leaves(model, unflatten(values_P))]
 
 
 def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, jax.Array]:
@@ -151,7 +139,7 @@ def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, 
                       over the pool, normalised by N),
     C_P               E_i (∇ℓ_i − ∇ℓ)² per coordinate (P,); `layer_sums` gives
                       its per-leaf sums (the C_L) in depth order,
-    C_L               per-leaf C (L = len(sizes)), in `leaf_names` order,
+    C_L               per-leaf C (L = len(sizes)), in `flatten` order,
     b_simple          () tr Σ / ‖∇ℓ‖² (McCandlish et al.'s simple noise scale),
     gram_NxN          ⟨∇ℓ_i − ∇ℓ, ∇ℓ_j − ∇ℓ⟩.
   """

@@ -31,7 +31,7 @@ class Subject:
     seed: its initialisation seed (all members share the data stream).
     lr: its base learning rate (None at initialisation, where none applies).
     step: updates it has made (0 at initialisation).
-    state: its member state (train.State).
+    state: its member state, variables one entry per block.
     member: its index in the run's members.json (None outside a run).
   """
 
@@ -41,7 +41,7 @@ class Subject:
   seed: int
   lr: float | None
   step: int
-  state: Any
+  state: train.MemberState
   member: int | None = None
 
   @property
@@ -84,8 +84,9 @@ def optimizer(config: ml_collections.ConfigDict):
   return train.make_optimizer(config.train.momentum, config.train.weight_decay)
 
 
-def at_init(config: ml_collections.ConfigDict) -> Iterator[Subject]:
-  """Every arm x seed of the config at initialisation (rates play no part there).
+def at_init(config: ml_collections.ConfigDict, seeds: tuple[int, ...] | None = None
+            ) -> Iterator[Subject]:
+  """Every arm x seed (default: the config's seeds) at initialisation; rates play no part.
 
   Initialisation runs eagerly: on a CPU, compiling Flax's init (random bits
   for every parameter) takes longer than running it op by op.
@@ -93,7 +94,7 @@ def at_init(config: ml_collections.ConfigDict) -> Iterator[Subject]:
   tx = optimizer(config)
   for arm in sweep.make_arms(config):
     model = sweep.build_model(arm, config)
-    for seed in config.sweep.seeds:
+    for seed in config.sweep.seeds if seeds is None else seeds:
       state = train.init_member(model, tx, int(seed), 0.0)
       yield Subject(arm_label(config, arm), arm.model_config, model, int(seed), None, 0, state)
 
@@ -152,8 +153,17 @@ def at_checkpoint(run: checkpoint.Run, seed: int | None = None) -> Iterator[Subj
     label = arm_label(run.config, arm)
     for m in arm.members:
       if m.seed == seed:
-        yield Subject(label, arm.model_config, run.model(m.index), m.seed, m.lr, run.step,
-                      _unscanned_state(run, m.index), m.index)
+        model, state = run.unrolled(m.index)
+        yield Subject(label, arm.model_config, model, m.seed, m.lr, run.step, state, m.index)
+
+
+def grouped(arms: dict[str, dict[str, Any]], subject: Subject, key: str) -> list[dict]:
+  """The list under `key` of the subject's arm record in `arms`, created on first use.
+
+  An arm record is the arm's model config, its label, and that list of lines.
+  """
+  arm = arms.setdefault(subject.arm, {**subject.model_config, "arm": subject.arm, key: []})
+  return arm[key]
 
 
 def live_at_checkpoint(run: checkpoint.Run, seed: int | None = None) -> list[Subject]:
@@ -161,33 +171,26 @@ def live_at_checkpoint(run: checkpoint.Run, seed: int | None = None) -> list[Sub
   return [s for s in at_checkpoint(run, seed) if not s.diverged]
 
 
-def batch_entry_points(name: str, measure: Callable[..., dict[str, Any]],
-                       figures: Callable[..., list[str]]) -> tuple[Callable, Callable]:
-  """`run` and `from_checkpoint` of an experiment that measures members on one training batch.
+def entry_points(name: str, measure: Callable[..., dict[str, Any]],
+                 figures: Callable[..., list[str]]) -> tuple[Callable, Callable]:
+  """`run` and `from_checkpoint` of an experiment that measures members as they are.
 
-  `measure(config, subjects, images, labels)` gets every member at
-  initialisation on training batch 0, or one seed's live members of a
-  checkpoint on the batch they would train on next.
+  `measure(config, subjects, dataset, step)` gets every member at
+  initialisation (step 0), or one seed's live members of a checkpoint at
+  its step, and measures them on training batch `step` (`train_batch`):
+  the batch they would train on next.
   """
   def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     dataset = load_then_prepare(config, workdir)
-    result = measure(config, at_init(config), *train_batch(config, dataset, 0))
+    result = measure(config, at_init(config), dataset, 0)
     experiments.write(workdir, name, result, figures)
     return result
 
   def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
                       dataset: data.Dataset, seed: int | None = None) -> dict[str, Any]:
-    return measure(config, live_at_checkpoint(run_, seed),
-                   *train_batch(config, dataset, run_.step))
+    return measure(config, live_at_checkpoint(run_, seed), dataset, run_.step)
 
   return run, from_checkpoint
-
-
-def _unscanned_state(run: checkpoint.Run, member: int) -> Any:
-  """The member's state with its variables one entry per block (see `Run.variables`)."""
-  state = run.member_state(member)
-  variables = run.variables(member)
-  return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
 
 def per_model(analysis: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,15 +12,14 @@ fractions, members: [{arm, seed, step[, lr, member], finite, ...}]}) and
 the figures <stem>_f6_depth, <stem>_signal and <stem>_f5_update.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bnjax import plots, workdir as workdir_lib
+from bnjax import data, plots, workdir as workdir_lib
 from bnjax.analysis import activations as act
 from bnjax.experiments import _members
 
@@ -37,19 +36,22 @@ def channel_summary(values_C: np.ndarray) -> dict[str, float]:
   return {"mean": float(np.mean(logs)), "std": float(np.std(logs))}
 
 
-def measure(config: ml_collections.ConfigDict, subjects, images: jax.Array, labels: jax.Array
-            ) -> dict[str, Any]:
-  """Every subject's F6 moments, signal propagation, layer statistics and F5 update."""
+def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subject],
+            dataset: data.Dataset, step: int) -> dict[str, Any]:
+  """Every subject's F6 moments, signal propagation, layer statistics and F5 update.
+
+  On training batch `step`, the one the subjects (all at that step) train on next.
+  """
   a = config.analysis
+  images, labels = _members.train_batch(config, dataset, step)
   fractions = jnp.linspace(0.0, 1.0, a.num_fractions)
   def analysis(model, variables, x, y):
     return (act.moments_vs_depth(model, variables, x), act.signal_propagation(model, variables, x),
             act.layer_statistics(model, variables, x), act.diverging_update_moments(
                 model, variables, x, y, a.update_lr, fractions, tuple(a.update_layers)))
-  members, step = [], 0
+  members = []
   for subject, (moments, signal, stats, update) in _members.measure_each(
       subjects, analysis, images, labels):
-    step = subject.step
     members.append({
         **subject.identity(), "finite": bool(moments["finite"]),
         "log10_abs_mean": [channel_summary(m) for m in moments["abs_mean_C"]],
@@ -159,6 +161,4 @@ def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr:
   plots.save(fig, path, f"Activations during the SGD step −{lr:g}·g {when}")
 
 
-# From initialisation: every arm x seed on training batch 0. From a checkpoint:
-# one seed's live members on the batch they would train on next.
-run, from_checkpoint = _members.batch_entry_points("activations", measure, figures)
+run, from_checkpoint = _members.entry_points("activations", measure, figures)

@@ -78,12 +78,6 @@ def measure(config: ml_collections.ConfigDict, subject: _members.Subject, images
   return line
 
 
-def _arm_lines(arms: dict[str, dict[str, Any]], subject: _members.Subject) -> list[dict]:
-  """The `lines` list of the subject's arm in `arms`, created on first use."""
-  arm = arms.setdefault(subject.arm, {**subject.model_config, "arm": subject.arm, "lines": []})
-  return arm["lines"]
-
-
 def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]],
             **extra: Any) -> dict[str, Any]:
   return {"name": "divergence", "threshold": config.analysis.threshold, "bn_mode": BN_MODE,
@@ -93,17 +87,14 @@ def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]],
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """From initialisation: lines before the chosen updates of one member per norm."""
   dataset = _members.load_then_prepare(config, workdir)
-  first_seed = int(config.sweep.seeds[0])
   arms: dict[str, dict[str, Any]] = {}
-  for subject in _members.at_init(config):
-    if subject.seed != first_seed:
-      continue
+  for subject in _members.at_init(config, seeds=(int(config.sweep.seeds[0]),)):
     lr = float(config.analysis.lr_by_norm[subject.model_config["norm"]])
     subject, step_fn = _members.with_rate(config, subject, lr), _members.trainer(config,
                                                                                  subject.model)
     for _ in range(max(config.analysis.minibatches)):
       if subject.step + 1 in config.analysis.minibatches:
-        _arm_lines(arms, subject).append(
+        _members.grouped(arms, subject, "lines").append(
             measure(config, subject, *_members.train_batch(config, dataset, subject.step)))
       subject = _members.stepped(config, dataset, subject, step_fn)
   result = _result(config, arms)
@@ -118,7 +109,7 @@ def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
   arms: dict[str, dict[str, Any]] = {}
   skipped = []
   for subject in _members.at_checkpoint(run_, seed):
-    lines = _arm_lines(arms, subject)
+    lines = _members.grouped(arms, subject, "lines")
     if subject.diverged:
       logging.info("divergence: member %d (lr %g) diverged; skipped", subject.member, subject.lr)
       skipped.append(subject.identity())

@@ -12,6 +12,7 @@ member], finite, loss, ...}]}) and the figures <stem>_f7_heatmap and
 <stem>_f3_histogram.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -38,14 +39,17 @@ def histogram(values: np.ndarray, bins: int = 81) -> dict[str, Any]:
           "max_abs": edge, "p99_abs": float(np.percentile(np.abs(values), 99))}
 
 
-def measure(config: ml_collections.ConfigDict, subjects, images: jax.Array, labels: jax.Array
-            ) -> dict[str, Any]:
-  """Every subject's gradient summary; the first of each arm keeps its F7 heatmap."""
+def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subject],
+            dataset: data.Dataset, step: int) -> dict[str, Any]:
+  """Every subject's gradient summary; the first of each arm keeps its F7 heatmap.
+
+  On training batch `step`, the one the subjects (all at that step) train on next.
+  """
   layer = config.analysis.histogram_layer
+  images, labels = _members.train_batch(config, dataset, step)
   summary = lambda model, variables, x, y: grad.gradient_summary(model, variables, x, y, layer)
-  members, step, seen = [], 0, set()
+  members, seen = [], set()
   for subject, out in _members.measure_each(subjects, summary, images, labels):
-    step = subject.step
     record = {**subject.identity(), "finite": bool(out["finite"]), "loss": out["loss"]}
     if record["finite"]:  # an overflowed pass has only NaN gradients to show
       record.update(_finite_record(out, labels, with_heatmap=subject.arm not in seen))
@@ -134,6 +138,4 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str, when: 
   plots.save(fig, path, f"Weight gradients {when}")
 
 
-# From initialisation: every arm x seed on training batch 0. From a checkpoint:
-# one seed's live members on the batch they would train on next.
-run, from_checkpoint = _members.batch_entry_points("gradients", measure, figures)
+run, from_checkpoint = _members.entry_points("gradients", measure, figures)

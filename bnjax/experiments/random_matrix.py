@@ -13,6 +13,7 @@ step, jacobian: [{arm, seed, step[, lr, member], ...}]}) and the figure
 <stem>_f8.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bnjax import checkpoint, data, experiments, plots, workdir as workdir_lib
+from bnjax import data, plots, workdir as workdir_lib
 from bnjax.analysis import random_matrix as rm
 from bnjax.experiments import _members
 
@@ -40,32 +41,20 @@ def products(config: ml_collections.ConfigDict) -> dict[str, Any]:
               "share_below_0.1": float(jnp.mean(v < 0.1))} for k, v in spectra.items()}
 
 
-def measure(config: ml_collections.ConfigDict, subjects, images: jax.Array) -> dict[str, Any]:
-  """The products' spectra and every subject's Jacobian spectrum on `images`."""
+def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subject],
+            dataset: data.Dataset, step: int) -> dict[str, Any]:
+  """The products' spectra and every subject's Jacobian spectrum.
+
+  On the first `jacobian_batch` images of training batch `step`, the one the
+  subjects (all at that step) train on next.
+  """
   a = config.analysis
+  images, _ = _members.train_batch(config, dataset, step, a.jacobian_batch)
   spectrum = lambda model, variables, x: rm.jacobian_singular_values(model, variables, x, a.chunk)
   jacobian = [{**subject.identity(), **out}
               for subject, out in _members.measure_each(subjects, spectrum, images)]
   return {"matrix_size": a.matrix_size, "trials": a.trials, "products": products(config),
-          "jacobian_batch": a.jacobian_batch,
-          "step": jacobian[0]["step"] if jacobian else 0, "jacobian": jacobian}
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """From initialisation: every arm x seed on the first images of training batch 0."""
-  dataset = _members.load_then_prepare(config, workdir)
-  images, _ = _members.train_batch(config, dataset, 0, config.analysis.jacobian_batch)
-  result = measure(config, _members.at_init(config), images)
-  experiments.write(workdir, "random_matrix", result, figures)
-  return result
-
-
-def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
-                    dataset: data.Dataset, seed: int | None = None) -> dict[str, Any]:
-  """One seed's live members at the checkpoint, on the batch they would train on next."""
-  subjects = _members.live_at_checkpoint(run_, seed)
-  images, _ = _members.train_batch(config, dataset, run_.step, config.analysis.jacobian_batch)
-  return measure(config, subjects, images)
+          "jacobian_batch": a.jacobian_batch, "step": step, "jacobian": jacobian}
 
 
 def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
@@ -114,3 +103,6 @@ def random_matrix_figure(results: dict, path: str, when: str) -> None:
     ax.axis("off")
   plots.save(fig, path, "Singular values: random matrix products and the network's input-output"
         f" Jacobian {when}, {results['jacobian_batch']} images")
+
+
+run, from_checkpoint = _members.entry_points("random_matrix", measure, figures)

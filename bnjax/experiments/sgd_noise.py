@@ -118,24 +118,18 @@ def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]], 
           "step": step, "bn_mode": BN_MODE, "arms": list(arms.values())}
 
 
-def _arm_members(arms: dict[str, dict[str, Any]], subject: _members.Subject) -> list[dict]:
-  arm = arms.setdefault(subject.arm, {**subject.model_config, "arm": subject.arm, "members": []})
-  return arm["members"]
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """From initialisation: every (arm, rate) after `train_steps` steps at that rate."""
   dataset = _members.load_then_prepare(config, workdir)
-  pool_, first_seed = pool(config, dataset), int(config.sweep.seeds[0])
+  pool_ = pool(config, dataset)
   arms: dict[str, dict[str, Any]] = {}
-  for subject in _members.at_init(config):
-    if subject.seed != first_seed:
-      continue
+  for subject in _members.at_init(config, seeds=(int(config.sweep.seeds[0]),)):
     programs, step_fn = Programs(subject.model), _members.trainer(config, subject.model)
     for lr in config.sweep.lrs:
       trained = _members.trained(config, dataset, subject, float(lr),
                                  config.analysis.train_steps, step_fn)
-      _arm_members(arms, subject).append(_record(config, programs, trained, pool_, float(lr)))
+      _members.grouped(arms, subject, "members").append(
+          _record(config, programs, trained, pool_, float(lr)))
   result = _result(config, arms, len(pool_[1]), config.analysis.train_steps)
   experiments.write(workdir, "sgd_noise", result, figures)
   return result
@@ -149,7 +143,7 @@ def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
   programs: dict[str, Programs] = {}
   for subject in _members.at_checkpoint(run_, seed):
     programs.setdefault(subject.arm, Programs(subject.model))
-    _arm_members(arms, subject).append(
+    _members.grouped(arms, subject, "members").append(
         _record(config, programs[subject.arm], subject, pool_, subject.lr * factor))
   return _result(config, arms, len(pool_[1]), run_.step)
 

@@ -40,8 +40,9 @@ def get_family(name: str) -> family_lib.Family:
   if name not in FAMILIES and isinstance(name, str) and "." in name:
     try:
       register(name, importlib.import_module(name))
-    except ModuleNotFoundError:
-      pass
+    except ModuleNotFoundError as e:  # only a missing family is unknown; its own imports raise
+      if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+        raise
   if name not in FAMILIES:
     raise ValueError(f"Unknown model {name!r}; use one of {sorted(FAMILIES)}.")
   return FAMILIES[name]
