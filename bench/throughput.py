@@ -502,8 +502,7 @@ def compile_times(s: Settings) -> list[dict[str, Any]]:
   for depth, dtype, members, scan in itertools.product(s.depths, s.dtypes, s.members, s.scan_blocks):
     model = make_model(depth, s.norm, dtype, scan)
     tx = optimizer()
-    states = jax.eval_shape(lambda: train.init_arm(model, tx, tuple(range(members)),
-                                                    jnp.full((members,), 0.1)))
+    states = train.abstract_arm(model, tx, members)
     step_fn = train.make_arm_step(model, tx, train_config(s), s.augmentation)
     start = time.perf_counter()
     lowered = step_fn.lower(states, train.zero_metrics(members), dataset, shape((), jnp.int32))

@@ -244,10 +244,10 @@ def abstract_arms(arms: list[sweep.Arm], config: ml_collections.ConfigDict) -> l
   """Shapes and dtypes of every arm's checkpointed payload, computing nothing."""
   tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
   def payload(arm: sweep.Arm) -> dict[str, Any]:
-    model = sweep.build_model(arm, config)
-    return {"states": train.init_arm(model, tx, arm.seeds, arm.lrs),
-            "sums": train.zero_metrics(len(arm.members))}
-  return [jax.eval_shape(lambda a=arm: payload(a)) for arm in arms]
+    num_members = len(arm.members)
+    return {"states": train.abstract_arm(sweep.build_model(arm, config), tx, num_members),
+            "sums": jax.eval_shape(lambda: train.zero_metrics(num_members))}
+  return [payload(arm) for arm in arms]
 
 
 def load(workdir: str, step: int | None = None) -> Run:

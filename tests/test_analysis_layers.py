@@ -215,7 +215,7 @@ def test_analyses_vmap_over_members(batch):
 def test_layers_stay_in_depth_order_with_a_hundred_blocks_per_stage():
   """ResNet-608 has 101 blocks per stage: block100 must follow block99, not block10."""
   model = _model("none", depth=608)
-  params = jax.eval_shape(lambda: train.init_variables(model, 0))["params"]
+  params = train.abstract_variables(model)["params"]
   paths = [path for path, _ in common.conv_kernels(params, model)]
   expected = ["stem"] + [f"stage{s}_block{b:02d}/conv_norm{c}"
                          for s in (1, 2, 3) for b in range(101) for c in (1, 2)]

@@ -59,8 +59,8 @@ def test_the_analysis_runs_from_the_command_line(my_lab, tmp_path):
   result = _read(tmp_path / "analysis" / "weight_norms.json")
   members = result["members"]
   assert [(m["arm"], m["step"]) for m in members] == [("width=16", 0), ("width=64", 0)]
-  assert members[0]["layers"] == ["hidden/kernel", "hidden/bias", "classifier/kernel",
-                                  "classifier/bias"]
+  assert members[0]["layers"] == ["hidden/bias", "hidden/kernel", "classifier/bias",
+                                  "classifier/kernel"]
 
 
 def test_the_model_trains_and_the_analysis_measures_its_checkpoint(my_lab, tmp_path):

@@ -164,6 +164,7 @@ def test_example_script_inspects_a_member(uninterrupted):
 def test_loaded_members_of_a_scanned_model_have_one_entry_per_block():
   config = tiny_config()
   config.model.update(depth=14, scan_blocks=True)  # two blocks a stage: the second is scanned
+  config.sweep.arms.norm = ("batch",)
   arms = sweep.make_arms(config)
   tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
   states = [train.init_arm(sweep.build_model(arm, config), tx, arm.seeds, arm.lrs) for arm in arms]
@@ -231,6 +232,7 @@ def test_saves_at_the_cadence_and_the_kept_steps(tmp_path):
   """every=3 over 7 steps with keep_steps=(5,): the manager's policy saves at 0, 3, 5, 6, 7."""
   config = tiny_config(num_steps=7)
   config.checkpoint.update(every=3, keep=100, keep_steps=(5,))  # keep=100: none deleted
+  config.sweep.arms.norm = ("batch",)
   loop.train_sweep(config, str(tmp_path / "run"))
   assert checkpoint.available_steps(tmp_path / "run") == [0, 3, 5, 6, 7]
 

@@ -18,9 +18,10 @@ def test_sequential_chunked_and_map_executors_agree_with_vmap(tiny_dataset):
   # Chunks of 3 and 1 (a ragged last chunk, and the sequential executor's
   # one-member program).
   others = [run_arm(config, tiny_dataset, "batch", lrs, seeds, chunk=3, steps=2)]
-  # The map executor: one call, members looped inside it, 1 or 3 (ragged) vmapped at a time.
-  others += [run_arm(config, tiny_dataset, "batch", lrs, seeds, chunk=4, steps=2, loop_members=k)
-             for k in (1, 3)]
+  # The map executor: one call, the members looped inside it one at a time. (k > 1 vmapped
+  # per iteration is lax.map's batch_size, whose ragged remainder JAX itself tests.)
+  others.append(run_arm(config, tiny_dataset, "batch", lrs, seeds, chunk=4, steps=2,
+                        loop_members=1))
   for other in others:
     assert_close(other.params, vmapped.params, 1e-5)
     np.testing.assert_array_equal(other.diverged, vmapped.diverged)

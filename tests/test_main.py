@@ -137,18 +137,19 @@ def test_missing_cifar10_from_the_command_line(tmp_path):
 
 
 def test_smoke_sweep_end_to_end(tmp_path):
-  """The README's first quick-start command, as a user runs it, with one of its two seeds.
+  """The README's first quick-start command, as a user runs it, on a third of its members.
 
-  Seed 1 is the one whose no-BN member diverges at rate 0.3; the other seed
-  would double the test's time and add no path.
+  Seed 1 is the one whose no-BN member diverges at rate 0.3, and 0.05 is a
+  rate at which both arms train; the other members would add time and no
+  path. (A rerun with another config is refused: tests/test_checkpoint.py.)
   """
   workdir = tmp_path / "smoke"
-  result = _main(workdir, "--config.sweep.seeds=(1,)")
+  result = _main(workdir, "--config.sweep.seeds=(1,)", "--config.sweep.lrs=(0.05,0.3)")
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((workdir / "config.json").read_text())
   assert config["model"]["depth"] == 8
   members = json.loads((workdir / "members.json").read_text())
-  assert len(members) == 6
+  assert len(members) == 4
   bn = [m for m in members if m["norm"] == "batch"]
   no_bn = [m for m in members if m["norm"] == "none"]
   assert all(m["status"] == "trained" for m in bn)
@@ -163,9 +164,3 @@ def test_smoke_sweep_end_to_end(tmp_path):
   assert max(final[m["member"]]["test_accuracy"] for m in bn) > 0.6
   assert "images/s" in result.stderr and "ETA" in result.stderr
   assert os.path.getsize(workdir / "figures" / "accuracy.png") > 10_000
-  # Rerunning the same command with another config refuses to touch the run.
-  before = (workdir / "metrics.jsonl").read_bytes()
-  clash = _main(workdir, "--config.sweep.seeds=(1,)", "--config.train.num_steps=7", timeout=120)
-  assert clash.returncode != 0 and "different config" in clash.stderr
-  assert "train.num_steps" in clash.stderr.strip().splitlines()[-1]
-  assert (workdir / "metrics.jsonl").read_bytes() == before

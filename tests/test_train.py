@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax import data, executor, train
+from bnjax import executor, train
 from bnjax.models import make_model, resnet
 
 from arms import assert_close, compiled_arm, run_arm, trajectory
@@ -88,15 +88,6 @@ def test_momentum_sgd_with_weight_decay_matches_the_formula():
     buf = 0.9 * buf + (np.asarray([0.2, 0.4]) + 0.1 * w)
     w = w - 0.5 * buf
   np.testing.assert_allclose(params["w"], w, rtol=1e-6)
-
-
-def test_synthetic_data_is_learnable():
-  config = tiny_config(batch_size=32, num_steps=150)
-  dataset = data.synthetic(0, 4096, 512)
-  states = run_arm(config, dataset, "batch", [0.1], [0], chunk=1, steps=150)
-  model = make_model(config.model.to_dict())
-  metrics = train.make_arm_eval(model, 256)(states, dataset)
-  assert float(metrics["test_accuracy"][0]) > 0.5  # chance is 0.1
 
 
 def test_the_step_is_traced_once_for_all_steps_and_rates(tiny_dataset, monkeypatch):

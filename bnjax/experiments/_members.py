@@ -86,11 +86,7 @@ def optimizer(config: ml_collections.ConfigDict):
 
 def at_init(config: ml_collections.ConfigDict, seeds: tuple[int, ...] | None = None
             ) -> Iterator[Subject]:
-  """Every arm x seed (default: the config's seeds) at initialisation; rates play no part.
-
-  Initialisation runs eagerly: on a CPU, compiling Flax's init (random bits
-  for every parameter) takes longer than running it op by op.
-  """
+  """Every arm x seed (default: the config's seeds) at initialisation; rates play no part."""
   tx = optimizer(config)
   for arm in sweep.make_arms(config):
     model = sweep.build_model(arm, config)

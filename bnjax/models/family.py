@@ -79,10 +79,10 @@ def call_order_leaves(model: nn.Module, tree: Any,
   A leaf belongs to the deepest submodule whose path prefixes its own;
   leaves are ordered by when that submodule's outermost call returned in
   `model.init(key, zeros(input_shape), train=False)` (traced abstractly,
-  nothing computed), ties kept in tree order. A layer thus follows every
-  layer whose output it reads, and values sown by the top-level module
-  (the logits) come last. Trees that went through a JAX transformation
-  have their keys sorted, so their own order says nothing about depth.
+  nothing computed), ties in name order. A layer thus follows every layer
+  whose output it reads, and values sown by the top-level module (the
+  logits) come last. A tree's own order says nothing about depth: one that
+  went through a JAX transformation (jit, init) has its keys sorted.
   """
   rank = {path: i for i, path in enumerate(_call_order(model, tuple(input_shape)))}
   last = len(rank)
@@ -93,7 +93,7 @@ def call_order_leaves(model: nn.Module, tree: Any,
         return rank[parts[:end]]
     return last
   leaves = flat_leaves(tree)
-  return sorted(leaves, key=lambda item: owner_rank(item[0]))
+  return sorted(leaves, key=lambda item: (owner_rank(item[0]), item[0]))
 
 
 _CALL_ORDERS: dict[tuple[nn.Module, tuple[int, ...]], list[Path]] = {}
