@@ -83,16 +83,21 @@ def save(manager: ocp.CheckpointManager, step: int, arms: list[dict[str, Any]],
       arms=ocp.args.StandardSave(arms), progress=ocp.args.JsonSave(progress)), force=force)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str, Any]]
+def restore(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str, Any]],
+            sharding: jax.sharding.Sharding | None = None
             ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-  """Restores (arms, progress) at `step` onto this host's default device.
+  """Restores (arms, progress) at `step` with every array laid out by `sharding`.
 
-  `like_arms` gives the structure, shapes and dtypes (arrays or
-  ShapeDtypeStructs); the run may have been saved on other devices. A
+  By default onto this process's first device; a sweep resuming on a mesh
+  passes its replicated sharding, and then lays the members out itself, so
+  the run may have been saved on any number of devices. `like_arms` gives
+  the structure, shapes and dtypes (arrays or ShapeDtypeStructs). A
   checkpoint whose saved tree has other leaves or shapes (written by a bnjax
   with another member state) is reported as such, not as damaged.
   """
-  abstract = jax.tree.map(_abstract_on_default_device, like_arms)
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          like_arms)
   path = os.path.join(str(manager.directory), str(step))
   try:
     _check_layout(manager, step, like_arms, path)
@@ -149,11 +154,6 @@ def _layout_differences(saved: dict[str, tuple[int, ...]], expected: dict[str, t
   reshaped = [f"{p} saved as {saved[p]}, expected {expected[p]}"
               for p in expected if p in saved and saved[p] != expected[p]]
   return missing + extra + reshaped
-
-
-def _abstract_on_default_device(x: Any) -> jax.ShapeDtypeStruct:
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
 
 
 # ---------------------------------------------------------------- analysis

@@ -10,7 +10,7 @@ import numbers
 
 import ml_collections
 
-from bnjax import errors, executor as executor_lib, experiments
+from bnjax import errors, executor as executor_lib, experiments, mesh as mesh_lib
 from bnjax.models.registry import DTYPES, FAMILIES, get_family
 
 
@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.executor = "auto"
   c.chunk_size = 4  # members per call of the chunked executor
   c.map_batch_size = 1  # members vmapped per iteration of the map executor
+  # The devices a sweep runs on (bnjax/mesh.py): `members` devices each train
+  # whole members (0: every device), `data` devices split each member's batch.
+  c.mesh = ml_collections.ConfigDict(dict(members=0, data=1, bn_statistics="global"))
   c.log_every = 100
   c.eval_every = 1000
   c.eval_batch_size = 1000
@@ -145,6 +148,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.chunk_size >= 1, f"config.chunk_size must be >= 1, got {config.chunk_size}.")
   _check(config.map_batch_size >= 1,
          f"config.map_batch_size must be >= 1, got {config.map_batch_size}.")
+  _check(config.mesh.bn_statistics in mesh_lib.BN_STATISTICS,
+         f"Unknown config.mesh.bn_statistics {config.mesh.bn_statistics!r}; use one of"
+         f" {list(mesh_lib.BN_STATISTICS)}.")
   _check(config.checkpoint.every > 0 and config.checkpoint.keep > 0,
          "config.checkpoint.every and config.checkpoint.keep must be positive.")
   _check(all(0 <= s <= train.num_steps for s in config.checkpoint.keep_steps),

@@ -22,6 +22,11 @@ The fourth runs every member inside one program:
 and vmap elsewhere, where one launch for all members should pay (unmeasured).
 Results are the same whatever the executor (up to float reassociation in
 the grouped convolution).
+
+On a mesh of several member devices (`bnjax.mesh`) every call holds a
+multiple of their number, and each device runs its share of the call's
+members the executor's way: `sequential` steps one member per device per
+call, `chunked` config.chunk_size per device.
 """
 
 import dataclasses
@@ -32,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnjax import data, errors, train
+from bnjax import data, errors, mesh as mesh_lib, train
 
 EXECUTORS = ("auto", "vmap", "sequential", "chunked", "map")
 
@@ -46,17 +51,23 @@ def resolve(executor: str, backend: str | None = None) -> str:
   return executor
 
 
-def chunk_size(executor: str, num_members: int, chunk: int, backend: str | None = None) -> int:
-  """Members per compiled call for `executor` on `backend` (default: JAX's)."""
+def chunk_size(executor: str, num_members: int, chunk: int, backend: str | None = None,
+               member_devices: int = 1) -> int:
+  """Members per compiled call for `executor` on `backend` (default: JAX's).
+
+  With several member devices each call holds a multiple of their number
+  (so each device steps 1 member per call under `sequential`, `chunk` under
+  `chunked`), and `num_members` counts the padded members.
+  """
   executor = resolve(executor, backend)
   if executor in ("vmap", "map"):
     return num_members
   if executor == "sequential":
-    return 1
+    return member_devices
   if chunk < 1:
     raise errors.ConfigError(
         f"config.chunk_size must be >= 1 for the chunked executor, got {chunk}.")
-  return min(chunk, num_members)
+  return min(chunk * member_devices, num_members)
 
 
 def loop_members(executor: str, map_batch_size: int, backend: str | None = None) -> int | None:
@@ -83,18 +94,29 @@ def merge(chunks: list[Any]) -> Any:
 
 @dataclasses.dataclass
 class ArmExecutor:
-  """Advances and evaluates an arm's members, held as chunks of stacked state."""
+  """Advances and evaluates an arm's members, held as chunks of stacked state on a mesh.
+
+  The chunks hold the members padded to a multiple of the mesh's member
+  axis (see `bnjax.mesh`); everything this class returns is cut to the
+  arm's `num_members`, so the padding never shows.
+  """
 
   step_fn: Callable[..., tuple[train.MemberState, train.Metrics]]
   eval_fn: Callable[[train.MemberState, data.Dataset], train.Metrics]
-  chunks: list[train.MemberState]
-  sums: list[train.Metrics]
+  mesh: mesh_lib.Mesh
+  num_members: int
+  size: int
+  chunks: list[train.MemberState] = dataclasses.field(default_factory=list)
+  sums: list[train.Metrics] = dataclasses.field(default_factory=list)
 
   @classmethod
-  def create(cls, step_fn, eval_fn, states: train.MemberState, size: int) -> "ArmExecutor":
-    chunks = split(states, size)
-    sums = [train.zero_metrics(train.num_members(c)) for c in chunks]
-    return cls(step_fn, eval_fn, chunks, sums)
+  def create(cls, step_fn, eval_fn, states: train.MemberState, size: int,
+             mesh: mesh_lib.Mesh | None = None) -> "ArmExecutor":
+    """`size` members per call (a multiple of the mesh's member axis, see `chunk_size`)."""
+    num = train.num_members(states)
+    arm = cls(step_fn, eval_fn, mesh or mesh_lib.single_device_mesh(), num, size)
+    arm.load(states, train.zero_metrics(num))
+    return arm
 
   def step(self, dataset: data.Dataset, step: jax.Array) -> None:
     """Dispatches one training step for every chunk (asynchronously)."""
@@ -103,41 +125,48 @@ class ArmExecutor:
 
   def evaluate(self, dataset: data.Dataset) -> dict[str, np.ndarray]:
     """Test metrics of every member, (M,) each, fetched to the host."""
-    results = jax.device_get([self.eval_fn(chunk, dataset) for chunk in self.chunks])
-    return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+    results = mesh_lib.fetch([self.eval_fn(chunk, dataset) for chunk in self.chunks])
+    return {k: np.concatenate([r[k] for r in results])[:self.num_members] for k in results[0]}
 
   def take_metric_means(self, count: int) -> dict[str, np.ndarray]:
     """Train-metric means over the last `count` steps, (M,) each; resets the sums."""
-    sums = jax.device_get(self.sums)
-    self.sums = [train.zero_metrics(s["train_loss"].shape[0]) for s in sums]
-    return {k: np.concatenate([s[k] for s in sums]) / count for k in sums[0]}
+    sums = mesh_lib.fetch(self.sums)
+    self.sums = [self._placed(train.zero_metrics(s["train_loss"].shape[0])) for s in sums]
+    return {k: np.concatenate([s[k] for s in sums])[:self.num_members] / count for k in sums[0]}
 
   @property
   def states(self) -> train.MemberState:
-    """The arm's state stacked over all members."""
-    return merge(self.chunks)
+    """The arm's state stacked over its members (padding cut off)."""
+    return mesh_lib.unpadded(merge(self.chunks), self.num_members)
 
   def divergence(self) -> tuple[np.ndarray, np.ndarray]:
     """(diverged (M,) bool, diverged_step (M,) int) fetched to the host."""
-    flags = jax.device_get([(c.diverged, c.diverged_step) for c in self.chunks])
-    return (np.concatenate([f[0] for f in flags]), np.concatenate([f[1] for f in flags]))
+    flags = mesh_lib.fetch([(c.diverged, c.diverged_step) for c in self.chunks])
+    return (np.concatenate([f[0] for f in flags])[:self.num_members],
+            np.concatenate([f[1] for f in flags])[:self.num_members])
 
   @property
   def metric_sums(self) -> train.Metrics:
     """The train-metric sums since the last `take_metric_means`, (M,) each."""
-    return merge(self.sums)
+    return mesh_lib.unpadded(merge(self.sums), self.num_members)
 
   def snapshot(self) -> tuple[train.MemberState, train.Metrics]:
-    """(states, metric sums) stacked in buffers the next step will not donate.
+    """(states, metric sums) of the M members, in buffers the next step will not donate.
 
-    For a checkpoint saved asynchronously while training goes on: merging
-    several chunks makes new arrays; a single chunk is copied.
+    For a checkpoint saved asynchronously while training goes on; without
+    the padding, so that it restores onto any number of devices.
     """
-    if len(self.chunks) > 1:
-      return self.states, self.metric_sums
-    return jax.tree.map(jnp.copy, (self.chunks[0], self.sums[0]))
+    return self.states, self.metric_sums
 
   def load(self, states: train.MemberState, sums: train.Metrics) -> None:
-    """Replaces the members' states and metric sums (e.g. from a checkpoint)."""
-    size = train.num_members(self.chunks[0])
-    self.chunks, self.sums = split(states, size), split(sums, size)
+    """Replaces the members' states and metric sums (e.g. from a checkpoint), M each."""
+    count = mesh_lib.padded_count(self.num_members, self.mesh)
+    states = mesh_lib.pad_members(states, count)
+    frozen = jnp.arange(count) >= self.num_members  # the padding: diverged from the start
+    states = states.replace(diverged=states.diverged | frozen)
+    sums = mesh_lib.pad_members(sums, count)
+    self.chunks = [self._placed(c) for c in split(states, self.size)]
+    self.sums = [self._placed(s) for s in split(sums, self.size)]
+
+  def _placed(self, stacked: Any) -> Any:
+    return mesh_lib.place_members(stacked, self.mesh)

@@ -15,7 +15,7 @@ import ml_collections
 from absl import logging
 
 from bnjax import checkpoint, data, errors, plots, sweep, train
-from bnjax import executor as executor_lib, workdir as workdir_lib
+from bnjax import executor as executor_lib, mesh as mesh_lib, workdir as workdir_lib
 
 
 @dataclasses.dataclass
@@ -26,18 +26,20 @@ class ArmRun:
   executor: executor_lib.ArmExecutor
 
 
-def build_arm(arm: sweep.Arm, config: ml_collections.ConfigDict) -> ArmRun:
-  """Initialises an arm's members; compiles nothing yet (jit is lazy)."""
+def build_arm(arm: sweep.Arm, config: ml_collections.ConfigDict, mesh: mesh_lib.Mesh) -> ArmRun:
+  """Initialises an arm's members on `mesh`; compiles nothing yet (jit is lazy)."""
   model = sweep.build_model(arm, config)
   tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
-  size = executor_lib.chunk_size(config.executor, len(arm.members), config.chunk_size)
+  size = executor_lib.chunk_size(
+      config.executor, mesh_lib.padded_count(len(arm.members), mesh), config.chunk_size,
+      member_devices=mesh_lib.member_devices(mesh))
   return ArmRun(arm, executor_lib.ArmExecutor.create(
       step_fn=train.make_arm_step(
           model, tx, config.train.to_dict(), config.data.augmentation,
-          executor_lib.loop_members(config.executor, config.map_batch_size)),
-      eval_fn=train.make_arm_eval(model, config.eval_batch_size),
+          executor_lib.loop_members(config.executor, config.map_batch_size), mesh),
+      eval_fn=train.make_arm_eval(model, config.eval_batch_size, mesh),
       states=train.init_arm(model, tx, arm.seeds, arm.lrs),
-      size=size))
+      size=size, mesh=mesh))
 
 
 def _member_status(run: ArmRun) -> list[tuple[bool, int]]:
@@ -97,12 +99,17 @@ def _payload(runs: list[ArmRun]) -> list[dict]:
   return [dict(zip(("states", "sums"), r.executor.snapshot())) for r in runs]
 
 
-def _resume(runs: list[ArmRun], manager, workdir: str) -> tuple[int, int] | None:
-  """Restores the latest complete checkpoint into `runs`: (step, last_log_step)."""
+def _resume(runs: list[ArmRun], manager, workdir: str, mesh: mesh_lib.Mesh
+            ) -> tuple[int, int] | None:
+  """Restores the latest complete checkpoint into `runs`: (step, last_log_step).
+
+  A checkpoint holds the members without padding, restored here onto every
+  device of `mesh` and then laid out over it: whatever mesh saved it.
+  """
   step = manager.latest_step()
   if step is None:
     return None
-  arms, progress = checkpoint.restore(manager, step, _payload(runs))
+  arms, progress = checkpoint.restore(manager, step, _payload(runs), mesh_lib.replicated(mesh))
   for run, arm in zip(runs, arms):
     run.executor.load(arm["states"], arm["sums"])
   logging.info("Resuming %s from the checkpoint at step %d.", workdir, step)
@@ -116,15 +123,17 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   SIGTERM arrives.
   """
   dataset = data.load(config.data)  # fails fast, before the workdir is touched
+  mesh = mesh_lib.make_mesh(config.mesh)
   workdir_lib.prepare(workdir, config)
+  dataset = mesh_lib.place_replicated(dataset, mesh)
   fields = sweep.arm_fields(config)
-  runs = [build_arm(arm, config) for arm in sweep.make_arms(config)]
+  runs = [build_arm(arm, config, mesh) for arm in sweep.make_arms(config)]
   num_members = sum(len(r.arm.members) for r in runs)
   num_steps = config.train.num_steps
   manager = checkpoint.make_manager(workdir, config)
   with contextlib.ExitStack() as closing:  # however the run ends, saves finish and files close
     closing.callback(manager.close)
-    resumed = _resume(runs, manager, workdir)
+    resumed = _resume(runs, manager, workdir, mesh)
     start, last_log_step = resumed or (0, 0)
     writer = workdir_lib.MetricsWriter(workdir, keep_through_step=start if resumed else None)
     closing.callback(writer.close)

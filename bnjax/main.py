@@ -12,7 +12,7 @@ import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
-from bnjax import config as config_lib, errors, experiments, workdir as workdir_lib
+from bnjax import config as config_lib, distributed, errors, experiments, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':variant'.",
@@ -20,6 +20,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the run's outputs.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete a run with a different config in --workdir and start anew.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Join a multi-process run: jax.distributed.initialize(); also on with BNJAX_DISTRIBUTED=1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -99,6 +102,8 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
   config = _CONFIG.value
   try:
+    # Before anything touches JAX's devices: they are fixed when its backend starts.
+    distributed.initialize(_DISTRIBUTED.value)
     config_lib.validate(config)
     job = experiments.get(config.job).run
     if _OVERWRITE.value and workdir_lib.discard_other_run(_WORKDIR.value, config):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnjax import data, forward, models
+from bnjax import data, forward, mesh as mesh_lib, models
 
 Metrics = dict[str, jax.Array]
 METRIC_NAMES = ("train_loss", "train_accuracy", "grad_norm", "param_norm")
@@ -234,37 +234,47 @@ def member_step(model: nn.Module, tx: optax.GradientTransformation,
 
 def make_arm_step(model: nn.Module, tx: optax.GradientTransformation,
                   train_config: Mapping[str, Any], augmentation: bool,
-                  loop_members: int | None = None
+                  loop_members: int | None = None, mesh: jax.sharding.Mesh | None = None
                   ) -> Callable[[MemberState, Metrics, data.Dataset, jax.Array],
                                 tuple[MemberState, Metrics]]:
   """The jitted step of a whole arm: (states, metric_sums, dataset, step).
 
-  All members see training batch `step` of the shared data stream. With
-  `loop_members` None the step is vmapped over the members (every conv a
-  grouped convolution); with k >= 1 the members run one after another
-  inside the same program (`lax.map`), k of them vmapped together per
-  iteration, so that one dispatch advances them all without grouped convs
-  for k = 1. Per-member metrics are added to `metric_sums` (each (M,)) on
-  the device, so the host fetches them only when it logs. States and sums
-  are donated.
+  All members see training batch `step` of the shared data stream. The
+  members are split over `mesh`'s member axis (default: one device), and
+  each device steps its own: with `loop_members` None vmapped (every conv a
+  grouped convolution); with k >= 1 one after another inside the same
+  program (`lax.map`), k of them vmapped together per iteration, so that one
+  dispatch advances them all without grouped convs for k = 1. No member
+  needs another device's data, so the step has no collective. Per-member
+  metrics are added to `metric_sums` (each (M,)) on the device, so the host
+  fetches them only when it logs. States and sums are donated; they must be
+  laid out by `mesh_lib.place_members` and the dataset by `place_replicated`.
   """
   train_config = dict(train_config)
   step_fn = functools.partial(member_step, model, tx, train_config)
+  mesh = mesh or mesh_lib.single_device_mesh()
 
-  def all_members(states: MemberState, images: jax.Array, labels: jax.Array,
-                  step: jax.Array) -> tuple[MemberState, Metrics]:
+  def device_members(states: MemberState, sums: Metrics, images: jax.Array,
+                     labels: jax.Array, step: jax.Array) -> tuple[MemberState, Metrics]:
     one = lambda state: step_fn(state, images, labels, step)
     if loop_members is None:
-      return jax.vmap(one)(states)
-    return jax.lax.map(one, states, batch_size=loop_members if loop_members > 1 else None)
+      states, metrics = jax.vmap(one)(states)
+    else:
+      states, metrics = jax.lax.map(one, states,
+                                    batch_size=loop_members if loop_members > 1 else None)
+    return states, jax.tree.map(jnp.add, sums, metrics)
+
+  by_member, whole = jax.sharding.PartitionSpec(mesh_lib.MEMBERS), jax.sharding.PartitionSpec()
+  sharded = jax.shard_map(device_members, mesh=mesh, in_specs=(by_member, by_member, whole,
+                                                               whole, whole),
+                          out_specs=(by_member, by_member))
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def arm_step(states: MemberState, sums: Metrics, dataset: data.Dataset,
                step: jax.Array) -> tuple[MemberState, Metrics]:
     images, labels = data.train_batch(dataset, train_config["data_seed"], step,
                                       train_config["batch_size"], augmentation)
-    states, metrics = all_members(states, images, labels, step)
-    return states, jax.tree.map(jnp.add, sums, metrics)
+    return sharded(states, sums, images, labels, step)
 
   return arm_step
 
@@ -273,16 +283,25 @@ def zero_metrics(num_members: int) -> Metrics:
   return {name: jnp.zeros((num_members,), jnp.float32) for name in METRIC_NAMES}
 
 
-def make_arm_eval(model: nn.Module, batch_size: int
+def make_arm_eval(model: nn.Module, batch_size: int, mesh: jax.sharding.Mesh | None = None
                   ) -> Callable[[MemberState, data.Dataset], Metrics]:
   """The jitted test evaluation of all members: {test_loss, test_accuracy} (M,).
 
-  Uses the running BN statistics; loops over the test set inside the program.
+  Uses the running BN statistics; loops over the test set inside the
+  program, each device over its own members of `mesh` (as `make_arm_step`).
   """
+  mesh = mesh or mesh_lib.single_device_mesh()
+
   def member_logits(state: MemberState, images: jax.Array) -> jax.Array:
     return model.apply(model_variables(state), images, train=False)
 
+  by_member, whole = jax.sharding.PartitionSpec(mesh_lib.MEMBERS), jax.sharding.PartitionSpec()
+
+  # check_vma=False: the loop's zero totals are the same on every device until
+  # the first batch adds each device's own members to them.
   @jax.jit
+  @functools.partial(jax.shard_map, mesh=mesh, in_specs=(by_member, whole), out_specs=by_member,
+                     check_vma=False)
   def arm_eval(states: MemberState, dataset: data.Dataset) -> Metrics:
     num_batches = -(-dataset.test.size // batch_size)
 

@@ -86,7 +86,16 @@ def _changed_fields(workdir: str, config: ml_collections.ConfigDict) -> list[str
   except (OSError, json.JSONDecodeError) as e:
     raise errors.WorkdirError(
         f"{path} cannot be read ({e}); use a new --workdir or pass --overwrite.") from None
-  return differing_fields(old, config_dict(config))
+  # Runs from before the mesh existed ran on one device, without data parallelism.
+  old.setdefault("mesh", {"members": 1, "data": 1, "bn_statistics": "global"})
+  changed = differing_fields(old, config_dict(config))
+  return [field for field in changed if field not in DEVICE_LAYOUT_FIELDS]
+
+
+# Fields that say only how the members are laid out over devices, not what is
+# computed: a run resumes with another value (e.g. after preemption, on
+# another number of devices) to the same numbers.
+DEVICE_LAYOUT_FIELDS = ("mesh.members",)
 
 
 def prepare(workdir: str, config: ml_collections.ConfigDict) -> None:
