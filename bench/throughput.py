@@ -505,7 +505,8 @@ def compile_times(s: Settings) -> list[dict[str, Any]]:
     states = train.abstract_arm(model, tx, members)
     step_fn = train.make_arm_step(model, tx, train_config(s), s.augmentation)
     start = time.perf_counter()
-    lowered = step_fn.lower(states, train.zero_metrics(members), dataset, shape((), jnp.int32))
+    lowered = step_fn.lower(states, train.zero_metrics(members), shape((members,), jnp.uint32),
+                            dataset, shape((), jnp.int32))
     lower_s = time.perf_counter() - start
     lowered.compile()
     compile_s = time.perf_counter() - start - lower_s

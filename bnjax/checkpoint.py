@@ -88,12 +88,15 @@ def restore(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str,
             ) -> tuple[list[dict[str, Any]], dict[str, int]]:
   """Restores (arms, progress) at `step` with every array laid out by `sharding`.
 
-  By default onto this process's first device; a sweep resuming on a mesh
-  passes its replicated sharding, and then lays the members out itself, so
-  the run may have been saved on any number of devices. `like_arms` gives
-  the structure, shapes and dtypes (arrays or ShapeDtypeStructs). A
-  checkpoint whose saved tree has other leaves or shapes (written by a bnjax
-  with another member state) is reported as such, not as damaged.
+  By default onto this process's first device: in a multi-process run each
+  process then holds a whole copy of its own (every process must call this,
+  as every one must make the manager). A sweep resuming on a mesh passes its
+  replicated sharding, which spans every process's devices, and then lays the
+  members out itself, so the run may have been saved on any number of
+  devices and processes. `like_arms` gives the structure, shapes and dtypes
+  (arrays or ShapeDtypeStructs). A checkpoint whose saved tree has other
+  leaves or shapes (written by a bnjax with another member state) is
+  reported as such, not as damaged.
   """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -251,7 +254,10 @@ def abstract_arms(arms: list[sweep.Arm], config: ml_collections.ConfigDict) -> l
 
 
 def load(workdir: str, step: int | None = None) -> Run:
-  """Restores a sweep at `step` (default: the latest) onto this host's devices."""
+  """Restores a sweep at `step` (default: the latest) onto this process's first device.
+
+  In a multi-process run every process must call it, and each gets all of it.
+  """
   config = read_config(workdir)
   steps = available_steps(workdir)
   if not steps:

@@ -10,7 +10,7 @@ import numbers
 
 import ml_collections
 
-from bnjax import errors, executor as executor_lib, experiments, mesh as mesh_lib
+from bnjax import errors, executor as executor_lib, experiments
 from bnjax.models.registry import DTYPES, FAMILIES, get_family
 
 
@@ -41,7 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
       lr_boundaries=(0.5, 0.75), lr_decay=0.1, warmup_steps=0, warmup_factor=0.1,
       # A member is frozen as diverged once its loss or parameters are not
       # finite, or its loss exceeds max_loss.
-      max_loss=math.inf, data_seed=0, compute_dtype="float32"))
+      max_loss=math.inf, data_seed=0, compute_dtype="float32",
+      # "shared": every member sees batch t of one stream (data_seed), so the
+      # spread over seeds is over initialisations only; "per_seed": each seed
+      # its own order and augmentation (data_seed, seed, t), over both.
+      data_stream="shared"))
   # Orbax checkpoints under DIR/checkpoints: every `every` steps, the latest
   # `keep` kept, plus always the first, the last and `keep_steps`.
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, keep_steps=()))
@@ -50,7 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.chunk_size = 4  # members per call of the chunked executor
   c.map_batch_size = 1  # members vmapped per iteration of the map executor
   # The devices a sweep runs on (bnjax/mesh.py): `members` devices each train
-  # whole members (0: every device), `data` devices split each member's batch.
+  # whole members (0: every device `data` leaves), `data` devices split each
+  # member's batch, with BN statistics of the whole batch ("global") or of
+  # each device's part ("ghost").
   c.mesh = ml_collections.ConfigDict(dict(members=0, data=1, bn_statistics="global"))
   c.log_every = 100
   c.eval_every = 1000
@@ -141,6 +147,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(all(0 < b < 1 for b in train.lr_boundaries),
          "config.train.lr_boundaries must be fractions of training strictly between 0 and 1.")
   _check(train.weight_decay >= 0, "config.train.weight_decay must be >= 0.")
+  _check(train.data_stream in ("shared", "per_seed"),
+         f"Unknown config.train.data_stream {train.data_stream!r}; use 'shared' or 'per_seed'.")
   _check(config.log_every > 0 and config.eval_every > 0,
          "config.log_every and config.eval_every must be positive.")
   _check(config.executor in executor_lib.EXECUTORS,
@@ -148,9 +156,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.chunk_size >= 1, f"config.chunk_size must be >= 1, got {config.chunk_size}.")
   _check(config.map_batch_size >= 1,
          f"config.map_batch_size must be >= 1, got {config.map_batch_size}.")
-  _check(config.mesh.bn_statistics in mesh_lib.BN_STATISTICS,
-         f"Unknown config.mesh.bn_statistics {config.mesh.bn_statistics!r}; use one of"
-         f" {list(mesh_lib.BN_STATISTICS)}.")
+  _check(config.mesh.bn_statistics in ("global", "ghost"),
+         f"Unknown config.mesh.bn_statistics {config.mesh.bn_statistics!r}; use 'global' or"
+         " 'ghost'.")
+  _check(config.mesh.data >= 1 and train.batch_size % config.mesh.data == 0,
+         f"config.train.batch_size={train.batch_size} does not split over config.mesh.data="
+         f"{config.mesh.data} devices; make the batch a multiple of it.")
   _check(config.checkpoint.every > 0 and config.checkpoint.keep > 0,
          "config.checkpoint.every and config.checkpoint.keep must be positive.")
   _check(all(0 <= s <= train.num_steps for s in config.checkpoint.keep_steps),

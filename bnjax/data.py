@@ -231,35 +231,42 @@ def augment(images_Bx32x32x3: jax.Array, key: jax.Array) -> jax.Array:
   return jnp.where(flip_B[:, None, None, None], cropped[:, :, ::-1, :], cropped)
 
 
-def _stream_keys(data_seed: int | jax.Array) -> jax.Array:
-  """The (order, augmentation) keys of one data stream."""
-  return jax.random.split(jax.random.key(data_seed))
+def _stream_keys(data_seed: int | jax.Array, stream: int | jax.Array | None = None) -> jax.Array:
+  """The (order, augmentation) keys of one data stream: the shared one, or stream `stream`."""
+  key = jax.random.key(data_seed)
+  if stream is not None:
+    key = jax.random.fold_in(key, stream)
+  return jax.random.split(key)
 
 
 def batch_indices(data_seed: int | jax.Array, step: int | jax.Array,
-                  batch_size: int, train_size: int) -> jax.Array:
+                  batch_size: int, train_size: int, stream: int | jax.Array | None = None
+                  ) -> jax.Array:
   """Indices (B,) of training batch `step`: epochs of a fresh permutation each.
 
-  A pure function of (data_seed, step); the last incomplete batch of each
-  epoch is dropped, as is usual.
+  A pure function of (data_seed, stream, step); the last incomplete batch
+  of each epoch is dropped, as is usual. `stream` None is the shared stream
+  every member sees by default; an integer (a member's seed) is another one.
   """
   steps_per_epoch = train_size // batch_size
   epoch, position = step // steps_per_epoch, step % steps_per_epoch
-  epoch_key = jax.random.fold_in(_stream_keys(data_seed)[0], epoch)
+  epoch_key = jax.random.fold_in(_stream_keys(data_seed, stream)[0], epoch)
   order = jax.random.permutation(epoch_key, train_size)
   return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
 def train_batch(dataset: Dataset, data_seed: int | jax.Array, step: int | jax.Array,
-                batch_size: int, augmentation: bool = True) -> tuple[jax.Array, jax.Array]:
+                batch_size: int, augmentation: bool = True,
+                stream: int | jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Training batch `step`: normalised images (B, 32, 32, 3) f32, labels (B,).
 
-  Jittable; batch t and its augmentation depend only on (data_seed, t).
+  Jittable; batch t and its augmentation depend only on (data_seed,
+  stream, t), see `batch_indices`.
   """
-  idx_B = batch_indices(data_seed, step, batch_size, dataset.train.size)
+  idx_B = batch_indices(data_seed, step, batch_size, dataset.train.size, stream)
   images = dataset.train.images_Nx32x32x3[idx_B]
   if augmentation:
-    aug_key = jax.random.fold_in(_stream_keys(data_seed)[1], step)
+    aug_key = jax.random.fold_in(_stream_keys(data_seed, stream)[1], step)
     images = augment(images, aug_key)
   return normalize(images, dataset), dataset.train.labels_N[idx_B]
 

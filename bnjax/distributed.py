@@ -14,13 +14,21 @@ JAX reads JAX_COORDINATOR_ADDRESS (and JAX_LOCAL_DEVICE_IDS,
 JAX_COORDINATOR_PORT, JAX_COORDINATOR_BIND_ADDRESS) itself but not the
 other two, so `initialize` reads those and passes them on.
 
-Every process runs the same program on its own devices; only the writer
-(process 0) writes metrics, members.json, figures and JSON.
+Every process runs the same program on its own devices. In a sweep
+(`loop.train_sweep`) every process checks the workdir, fetches what is
+logged (`mesh.fetch`, a collective) and saves and restores its share of each
+checkpoint, but only the writer (process 0, `is_writer`) writes config.json,
+members.json, metrics.jsonl, figures and JSON. bnjax notes SIGTERM itself and
+agrees on it over the processes (`any_process`), so `initialize` turns JAX's
+preemption service off: its SIGTERM handler would swallow a signal that
+arrives outside the training loop.
 """
 
 import os
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from bnjax import errors
 
@@ -86,6 +94,7 @@ def initialize(requested: bool) -> None:
     return
   if jax.distributed.is_initialized():
     return
+  jax.config.update("jax_enable_preemption_service", False)  # see the module docstring
   try:
     jax.distributed.initialize(**_explicit_args())
   except (RuntimeError, ValueError, TypeError) as e:
@@ -97,3 +106,16 @@ def initialize(requested: bool) -> None:
 def is_writer() -> bool:
   """Whether this process writes the run's files: process 0 (always, in a one-process run)."""
   return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set in any process: a collective, so every process must call it."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier `name` (nothing in a one-process run)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bnjax import data, errors, mesh as mesh_lib, train
@@ -85,13 +84,6 @@ def split(stacked: Any, size: int) -> list[Any]:
   return [jax.tree.map(lambda x: x[i:i + size], stacked) for i in range(0, num, size)]
 
 
-def merge(chunks: list[Any]) -> Any:
-  """Concatenates chunks back into one stacked pytree."""
-  if len(chunks) == 1:
-    return chunks[0]
-  return jax.tree.map(lambda *xs: jnp.concatenate(xs), *chunks)
-
-
 @dataclasses.dataclass
 class ArmExecutor:
   """Advances and evaluates an arm's members, held as chunks of stacked state on a mesh.
@@ -108,20 +100,29 @@ class ArmExecutor:
   size: int
   chunks: list[train.MemberState] = dataclasses.field(default_factory=list)
   sums: list[train.Metrics] = dataclasses.field(default_factory=list)
+  streams: list[jax.Array] = dataclasses.field(default_factory=list)
 
   @classmethod
   def create(cls, step_fn, eval_fn, states: train.MemberState, size: int,
-             mesh: mesh_lib.Mesh | None = None) -> "ArmExecutor":
-    """`size` members per call (a multiple of the mesh's member axis, see `chunk_size`)."""
+             mesh: mesh_lib.Mesh | None = None,
+             streams: tuple[int, ...] | None = None) -> "ArmExecutor":
+    """`size` members per call (a multiple of the mesh's member axis, see `chunk_size`).
+
+    `streams` are the members' data streams (their seeds), which the step
+    reads under `train.data_stream="per_seed"`; default 0 each.
+    """
     num = train.num_members(states)
     arm = cls(step_fn, eval_fn, mesh or mesh_lib.single_device_mesh(), num, size)
+    streams_M = np.asarray(streams if streams is not None else [0] * num, np.uint32)
+    padded = mesh_lib.pad_members(streams_M, mesh_lib.padded_count(num, arm.mesh))
+    arm.streams = [arm._placed(c) for c in split(padded, size)]
     arm.load(states, train.zero_metrics(num))
     return arm
 
   def step(self, dataset: data.Dataset, step: jax.Array) -> None:
     """Dispatches one training step for every chunk (asynchronously)."""
-    for i, chunk in enumerate(self.chunks):
-      self.chunks[i], self.sums[i] = self.step_fn(chunk, self.sums[i], dataset, step)
+    for i, (chunk, streams) in enumerate(zip(self.chunks, self.streams)):
+      self.chunks[i], self.sums[i] = self.step_fn(chunk, self.sums[i], streams, dataset, step)
 
   def evaluate(self, dataset: data.Dataset) -> dict[str, np.ndarray]:
     """Test metrics of every member, (M,) each, fetched to the host."""
@@ -136,8 +137,13 @@ class ArmExecutor:
 
   @property
   def states(self) -> train.MemberState:
-    """The arm's state stacked over its members (padding cut off)."""
-    return mesh_lib.unpadded(merge(self.chunks), self.num_members)
+    """The arm's state stacked over its members (padding cut off), on the host."""
+    return self._on_host(self.chunks)
+
+  def _on_host(self, chunks: list[Any]) -> Any:
+    """Chunks of stacked pytrees merged on the host (numpy), padding cut off."""
+    merged = jax.tree.map(lambda *xs: np.concatenate(xs), *mesh_lib.fetch(chunks))
+    return jax.tree.map(lambda x: x[:self.num_members], merged)
 
   def divergence(self) -> tuple[np.ndarray, np.ndarray]:
     """(diverged (M,) bool, diverged_step (M,) int) fetched to the host."""
@@ -147,24 +153,24 @@ class ArmExecutor:
 
   @property
   def metric_sums(self) -> train.Metrics:
-    """The train-metric sums since the last `take_metric_means`, (M,) each."""
-    return mesh_lib.unpadded(merge(self.sums), self.num_members)
+    """The train-metric sums since the last `take_metric_means`, (M,) each, on the host."""
+    return self._on_host(self.sums)
 
   def snapshot(self) -> tuple[train.MemberState, train.Metrics]:
-    """(states, metric sums) of the M members, in buffers the next step will not donate.
+    """(states, metric sums) of the M members, on the host.
 
-    For a checkpoint saved asynchronously while training goes on; without
-    the padding, so that it restores onto any number of devices.
+    For a checkpoint saved asynchronously while training goes on (host
+    copies: the next step donates the device buffers); without the padding,
+    so that it restores onto any number of devices.
     """
     return self.states, self.metric_sums
 
   def load(self, states: train.MemberState, sums: train.Metrics) -> None:
     """Replaces the members' states and metric sums (e.g. from a checkpoint), M each."""
     count = mesh_lib.padded_count(self.num_members, self.mesh)
-    states = mesh_lib.pad_members(states, count)
-    frozen = jnp.arange(count) >= self.num_members  # the padding: diverged from the start
+    states, sums = mesh_lib.pad_members(mesh_lib.fetch((states, sums)), count)
+    frozen = np.arange(count) >= self.num_members  # the padding: diverged from the start
     states = states.replace(diverged=states.diverged | frozen)
-    sums = mesh_lib.pad_members(sums, count)
     self.chunks = [self._placed(c) for c in split(states, self.size)]
     self.sums = [self._placed(s) for s in split(sums, self.size)]
 

@@ -10,11 +10,12 @@ import dataclasses
 import signal
 import time
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from bnjax import checkpoint, data, errors, plots, sweep, train
+from bnjax import checkpoint, data, distributed, errors, plots, sweep, train
 from bnjax import executor as executor_lib, mesh as mesh_lib, workdir as workdir_lib
 
 
@@ -36,10 +37,11 @@ def build_arm(arm: sweep.Arm, config: ml_collections.ConfigDict, mesh: mesh_lib.
   return ArmRun(arm, executor_lib.ArmExecutor.create(
       step_fn=train.make_arm_step(
           model, tx, config.train.to_dict(), config.data.augmentation,
-          executor_lib.loop_members(config.executor, config.map_batch_size), mesh),
+          executor_lib.loop_members(config.executor, config.map_batch_size), mesh,
+          config.mesh.bn_statistics),
       eval_fn=train.make_arm_eval(model, config.eval_batch_size, mesh),
       states=train.init_arm(model, tx, arm.seeds, arm.lrs),
-      size=size, mesh=mesh))
+      size=size, mesh=mesh, streams=arm.seeds))
 
 
 def _member_status(run: ArmRun) -> list[tuple[bool, int]]:
@@ -47,14 +49,19 @@ def _member_status(run: ArmRun) -> list[tuple[bool, int]]:
   return [(bool(d), int(s)) for d, s in zip(diverged, steps)]
 
 
-def members_table(runs: list[ArmRun], fields: tuple[str, ...], finished: bool) -> list[dict]:
-  """members.json records: identity, status and diverged_step."""
+def members_table(runs: list[ArmRun], fields: tuple[str, ...], finished: bool,
+                  data_stream: str = "shared") -> list[dict]:
+  """members.json records: identity, status, diverged_step, and the data stream it saw.
+
+  `data_stream` is config.train.data_stream: "shared" (every member batch t
+  of one stream) or "per_seed" (each seed its own).
+  """
   records = []
   for run in runs:
     for member, (diverged, step) in zip(run.arm.members, _member_status(run)):
       status = "diverged" if diverged else ("trained" if finished else "running")
       records.append({**member.record(fields), "status": status,
-                      "diverged_step": step if diverged else None})
+                      "diverged_step": step if diverged else None, "data_stream": data_stream})
   return records
 
 
@@ -79,7 +86,13 @@ def _metric_records(run: ArmRun, step: int, interval_start: int, fields: tuple[s
 
 
 class _SigtermFlag:
-  """Notes SIGTERM (how clusters announce preemption) instead of dying on it."""
+  """Notes SIGTERM (how clusters announce preemption) instead of dying on it.
+
+  Each process sees only its own signal. One process stops at the step after
+  it; several agree at each `sync_point` (a log or checkpoint step, where they
+  meet anyway) whether any of them saw one, so that all stop and save at the
+  same step: the first such point after the signal, up to `log_every` steps on.
+  """
 
   def __enter__(self) -> "_SigtermFlag":
     self.raised = False
@@ -91,7 +104,17 @@ class _SigtermFlag:
     self.raised = True
 
   def __exit__(self, *exc) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    # None: the previous handler was not Python's, and cannot be put back.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+
+  def stops(self, sync_point: bool) -> bool:
+    """Whether the run stops at this step; with several processes, a collective at sync points.
+
+    Every process must call it at every step, with the same `sync_point`.
+    """
+    if jax.process_count() == 1:
+      return self.raised  # no collective on the per-step path
+    return sync_point and distributed.any_process(self.raised)
 
 
 def _payload(runs: list[ArmRun]) -> list[dict]:
@@ -120,11 +143,14 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs the whole sweep into `workdir`, resuming from its latest checkpoint.
 
   Returns the final members table. Raises `Preempted` after saving when
-  SIGTERM arrives.
+  SIGTERM arrives. In a multi-process run (`bnjax.distributed`) every process
+  calls it alike: all check the workdir, fetch what is logged and save their
+  parts of each checkpoint, and process 0 alone writes the workdir's files.
   """
   dataset = data.load(config.data)  # fails fast, before the workdir is touched
   mesh = mesh_lib.make_mesh(config.mesh)
-  workdir_lib.prepare(workdir, config)
+  writes = distributed.is_writer()  # every process checks the workdir; process 0 writes it
+  workdir_lib.prepare(workdir, config, write=writes)
   dataset = mesh_lib.place_replicated(dataset, mesh)
   fields = sweep.arm_fields(config)
   runs = [build_arm(arm, config, mesh) for arm in sweep.make_arms(config)]
@@ -135,31 +161,42 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     closing.callback(manager.close)
     resumed = _resume(runs, manager, workdir, mesh)
     start, last_log_step = resumed or (0, 0)
-    writer = workdir_lib.MetricsWriter(workdir, keep_through_step=start if resumed else None)
-    closing.callback(writer.close)
+    if writes:
+      writer = workdir_lib.MetricsWriter(workdir, keep_through_step=start if resumed else None)
+      closing.callback(writer.close)
 
+    # Every process fetches (a collective, `mesh_lib.fetch`); the writer writes.
     def log(step: int, interval_start: int, fetched: dict[int, dict]) -> None:
       factor = float(train.lr_factor(max(step - 1, 0), config.train))
       for run in runs:
         test = run.executor.evaluate(dataset) if _is_eval(step, config) else None
-        writer.write(_metric_records(run, step, interval_start, fields, factor,
-                                     fetched.get(run.arm.index), test))
+        records = _metric_records(run, step, interval_start, fields, factor,
+                                  fetched.get(run.arm.index), test)
+        if writes:
+          writer.write(records)
 
-    def save(step: int, preempted: bool = False) -> None:
-      """Saves at the steps the manager's policy picks, and at any step on preemption.
+    def write_members(finished: bool) -> list[dict]:
+      table = members_table(runs, fields, finished, config.train.data_stream)
+      if writes:
+        workdir_lib.write_members(workdir, table)
+      return table
+
+    def save(step: int, due: bool, preempted: bool = False) -> None:
+      """Saves when `due` (`manager.should_save`, read before), and at any step on preemption.
 
       The payload copies every state, so it is built only for a save. bnjax
       notes SIGTERM itself; Orbax's PreemptionCheckpointingPolicy sees only
       JAX's multi-host preemption service, so a preempted save is forced.
+      Every process saves (Orbax writes each one's part of the arrays).
       """
-      if preempted or manager.should_save(step):
+      if due or preempted:
         checkpoint.save(manager, step, _payload(runs),
                         {"step": step, "last_log_step": last_log_step}, force=preempted)
 
-    workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
+    write_members(finished=False)
     if not resumed:
       log(0, 0, {})
-      save(0)
+      save(0, manager.should_save(0))
     logging.info("Training %d members in %d arm(s), steps %d to %d.",
                  num_members, len(runs), start, num_steps)
     last_log_time = time.perf_counter()
@@ -169,7 +206,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         for run in runs:
           run.executor.step(dataset, step_array)
         done = step + 1
-        if done % config.log_every == 0 or done == num_steps or _is_eval(done, config):
+        logs = done % config.log_every == 0 or done == num_steps or _is_eval(done, config)
+        if logs:
           fetched = {run.arm.index: run.executor.take_metric_means(done - last_log_step)
                      for run in runs}
           log(done, last_log_step, fetched)
@@ -177,18 +215,19 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
           _log_progress(done, num_steps, done - last_log_step, now - last_log_time,
                         config.train.batch_size * num_members)
           last_log_step, last_log_time = done, now
-          workdir_lib.write_members(workdir, members_table(runs, fields, finished=False))
-        preempted = sigterm.raised  # read once: the signal that forces the save ends the run
-        save(done, preempted)
+          write_members(finished=False)
+        due = manager.should_save(done)
+        preempted = sigterm.stops(sync_point=logs or due)  # read once: it forces the save
+        save(done, due, preempted)
         if preempted and done < num_steps:
           manager.wait_until_finished()
           raise errors.Preempted(f"SIGTERM at step {done}: saved a checkpoint in {workdir};"
                                  " rerun the same command to resume.")
     manager.wait_until_finished()
-  table = members_table(runs, fields, finished=True)
-  workdir_lib.write_members(workdir, table)
-  plots.accuracy_figure(workdir_lib.read_metrics(workdir), table, fields,
-                        workdir_lib.figure_path(workdir, "accuracy"), num_steps)
+  table = write_members(finished=True)
+  if writes:
+    plots.accuracy_figure(workdir_lib.read_metrics(workdir), table, fields,
+                          workdir_lib.figure_path(workdir, "accuracy"), num_steps)
   return table
 
 

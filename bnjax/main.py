@@ -106,8 +106,11 @@ def main(argv: list[str]) -> None:
     distributed.initialize(_DISTRIBUTED.value)
     config_lib.validate(config)
     job = experiments.get(config.job).run
-    if _OVERWRITE.value and workdir_lib.discard_other_run(_WORKDIR.value, config):
-      logging.warning("Deleted the run with a different config in %s.", _WORKDIR.value)
+    if _OVERWRITE.value:
+      # The writer alone deletes; the others read the workdir only once it has.
+      if distributed.is_writer() and workdir_lib.discard_other_run(_WORKDIR.value, config):
+        logging.warning("Deleted the run with a different config in %s.", _WORKDIR.value)
+      distributed.barrier("bnjax overwrite")
     job(config, _WORKDIR.value)
   except errors.BnjaxError as e:
     logging.error("%s", e)

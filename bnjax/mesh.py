@@ -1,23 +1,28 @@
-"""The devices a sweep runs on: a 2-D mesh (members, data), and the member axis laid out over it.
+"""The devices a sweep runs on: a 2-D mesh (members, data), and each arm's members laid out on it.
 
 Each arm's stacked member state is split along its leading member axis over
 the mesh's `members` axis, so a device trains whole members and no member's
-step needs another device: no collective runs in a step. `data` > 1 splits
-each member's batch over that many devices instead (data parallelism; the
-gradient, and with `config.mesh.bn_statistics="global"` BN's batch
-statistics, are then averaged over them). The default mesh uses every device
-as a member device; one device is the 1 x 1 mesh, run by the same code.
+step needs another member's device. `data` > 1 splits each member's batch
+over that many devices instead (data parallelism): XLA then averages the
+gradient over them, and BN's batch statistics are either the whole batch's
+(`config.mesh.bn_statistics="global"`, as SyncBN) or each device's own
+("ghost", `train.member_step`). With `data` = 1 no collective runs in a step.
+The default mesh uses every device along `members`; one device is the 1 x 1
+mesh, run by the same code.
 
-A member count that the `members` axis does not divide is padded with copies
-of the last member, marked diverged from the start: frozen like any diverged
-member, and cut off before anything is fetched, logged or saved.
+A member count that the member axis does not divide is padded with copies
+of the last member, marked diverged from the start: frozen like any
+diverged member, and cut off before anything is fetched, logged or saved.
+Padding, merging and cutting happen on the host, in numpy: an eager JAX op
+on arrays spread over devices would be a program of its own with
+collectives, and on XLA:CPU such programs in flight next to the step's
+(data parallelism) were seen to deadlock.
 """
 
 import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -34,22 +39,26 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | None = None,
               devices: list[jax.Device] | None = None) -> Mesh:
   """The (members, data) mesh of `config.mesh` over `devices` (default: all of JAX's).
 
-  `mesh_config.members` 0 means every device not used along `data`.
+  `mesh_config.members` 0 means every device that `data` leaves.
   """
   devices = list(jax.devices() if devices is None else devices)
-  members = mesh_config.members if mesh_config is not None else 0
   data = mesh_config.data if mesh_config is not None else 1
-  if not (isinstance(data, int) and data >= 1 and len(devices) % data == 0):
+  if not (isinstance(data, int) and 1 <= data <= len(devices)):
     raise errors.ConfigError(
-        f"config.mesh.data={data!r} must be a whole number >= 1 that divides the"
-        f" {len(devices)} devices present.")
-  members = members or len(devices) // data
-  if not (isinstance(members, int) and members >= 1 and members * data <= len(devices)):
+        f"config.mesh.data={data!r} asks for more than the {len(devices)} devices present;"
+        " give a number from 1 to that.")
+  members = (mesh_config.members if mesh_config is not None else 0) or len(devices) // data
+  if not (isinstance(members, int) and 1 <= members * data <= len(devices)):
     raise errors.ConfigError(
-        f"config.mesh.members={members} x config.mesh.data={data} asks for more than the"
-        f" {len(devices)} devices present; use 0 members for all of them.")
+        f"config.mesh.members={members!r} x config.mesh.data={data} asks for more than the"
+        f" {len(devices)} devices present; use fewer, or 0 members for all that are left.")
   grid = np.asarray(devices[:members * data], dtype=object).reshape(members, data)
   return Mesh(grid, (MEMBERS, DATA))
+
+
+def data_devices(mesh: Mesh) -> int:
+  """Devices that split each member's batch."""
+  return mesh.shape[DATA]
 
 
 def single_device_mesh() -> Mesh:
@@ -79,30 +88,54 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def place_members(stacked: Any, mesh: Mesh) -> Any:
   """A stacked pytree (leading axis a multiple of the member axis) laid out by member."""
-  return jax.device_put(stacked, by_member(mesh))
+  return _put(stacked, by_member(mesh))
 
 
 def place_replicated(tree: Any, mesh: Mesh) -> Any:
   """A pytree with every device of `mesh` holding all of it (e.g. the dataset)."""
-  return jax.device_put(tree, replicated(mesh))
+  return _put(tree, replicated(mesh))
+
+
+def _put(tree: Any, sharding: NamedSharding) -> Any:
+  """`tree` laid out by `sharding`, which may span the devices of several processes.
+
+  Across processes, an array that this process holds whole (numpy, or on its
+  own devices) is taken to hold the same values in every process, as a sweep
+  builds its data and initial members everywhere alike; each process then
+  places its own devices' parts of it, with no transfer between processes
+  (`jax.device_put` would compare the values over all processes first).
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  def put(x: Any) -> jax.Array:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)  # already spread over the processes: a reshard
+    return jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
 
 
 def pad_members(stacked: Any, count: int) -> Any:
-  """`stacked` (leading axis M) extended to `count` members by repeating the last one."""
+  """`stacked` (host arrays, leading axis M) extended to `count` members by repeating the last."""
   num = jax.tree.leaves(stacked)[0].shape[0]
   if count == num:
     return stacked
-  extra = jnp.asarray([num - 1] * (count - num))
-  return jax.tree.map(lambda x: jnp.concatenate([x, x[extra]]), stacked)
-
-
-def unpadded(stacked: Any, num_members: int) -> Any:
-  """The first `num_members` members of a (possibly padded) stacked pytree, in new buffers."""
-  return jax.tree.map(lambda x: jnp.copy(x[:num_members]), stacked)
+  extra = [num - 1] * (count - num)
+  return jax.tree.map(lambda x: np.concatenate([x, x[extra]]), stacked)
 
 
 def fetch(tree: Any) -> Any:
-  """`tree` as numpy arrays on the host, from however many processes hold it."""
+  """`tree` as numpy arrays on the host, from however many processes hold it.
+
+  In a multi-process run, the arrays spread over several processes' devices
+  are gathered from them in one collective, which every process must join
+  (with the same tree); an array this process holds whole is only copied
+  (`process_allgather` would stack every process's copy of it).
+  """
   if jax.process_count() == 1:
     return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
+  leaves, treedef = jax.tree.flatten(tree)
+  spread = [isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves]
+  gathered = [x for x, s in zip(leaves, spread) if s]
+  gathered = iter(multihost_utils.process_allgather(gathered, tiled=True) if gathered else [])
+  local = iter(jax.device_get([x for x, s in zip(leaves, spread) if not s]))
+  return jax.tree.unflatten(treedef, [next(gathered) if s else next(local) for s in spread])

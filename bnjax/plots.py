@@ -85,8 +85,11 @@ def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[s
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("accuracy (%)")
   axes[1].legend(fontsize=7, loc="lower right")
-  save(fig, path, "Accuracy during training (mean and min-max over seeds: the spread over"
-                   " initialisations, all seeds seeing the same data)")
+  per_seed = any(m.get("data_stream") == "per_seed" for m in members)
+  spread = ("initialisations and data orders, each seed its own" if per_seed
+            else "initialisations, all seeds seeing the same data")
+  save(fig, path, f"Accuracy during training (mean and min-max over seeds: the spread over"
+                  f" {spread})")
 
 
 # -------------------------------------------------------- shared by the experiments' figures

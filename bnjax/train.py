@@ -187,10 +187,28 @@ def global_norm(tree: Any) -> jax.Array:
   return optax.tree.norm(tree)
 
 
+def train_forward(model: nn.Module, variables: Mapping[str, Any], images_BxHxWxC: jax.Array,
+                  ghost_groups: int = 1) -> tuple[jax.Array, dict[str, Any], jax.Array]:
+  """Train-mode (logits (B, K), updated collections, finite) of `forward.apply`.
+
+  With `ghost_groups` G > 1 the batch is cut into G equal groups, each
+  normalised by BN with its own statistics ("ghost" batch norm: what each of
+  G data-parallel devices computes alone), and the new running statistics
+  are the mean of the groups' (the same on every device).
+  """
+  apply = lambda x: forward.apply(model, variables, x, train=True, mutable=["batch_stats"])
+  if ghost_groups == 1:
+    return apply(images_BxHxWxC)
+  groups = images_BxHxWxC.reshape(ghost_groups, -1, *images_BxHxWxC.shape[1:])
+  logits_GxbxK, updates, finite_G = jax.vmap(apply)(groups)
+  return (logits_GxbxK.reshape(-1, logits_GxbxK.shape[-1]),
+          jax.tree.map(lambda u: u.mean(0), updates), finite_G.all())
+
+
 def member_step(model: nn.Module, tx: optax.GradientTransformation,
                 train_config: Mapping[str, Any], state: MemberState,
                 images_BxHxWxC: jax.Array, labels_B: jax.Array,
-                step: jax.Array) -> tuple[MemberState, Metrics]:
+                step: jax.Array, ghost_groups: int = 1) -> tuple[MemberState, Metrics]:
   """One SGD step of one member; a diverged member is returned unchanged.
 
   The member is marked diverged at `step` when any activation of its
@@ -201,9 +219,9 @@ def member_step(model: nn.Module, tx: optax.GradientTransformation,
   number a masked overflow can produce (see `bnjax.forward`).
   """
   def loss_fn(params):
-    logits, updates, finite = forward.apply(
+    logits, updates, finite = train_forward(
         model, {"params": params, "batch_stats": state.batch_stats}, images_BxHxWxC,
-        train=True, mutable=["batch_stats"])
+        ghost_groups)
     return cross_entropy(logits, labels_B), (logits, updates.get("batch_stats", {}), finite)
 
   (loss, (logits, batch_stats, finite)), grads = jax.value_and_grad(
@@ -232,51 +250,71 @@ def member_step(model: nn.Module, tx: optax.GradientTransformation,
   return new_state, metrics
 
 
+DATA_STREAMS = ("shared", "per_seed")
+
+
 def make_arm_step(model: nn.Module, tx: optax.GradientTransformation,
                   train_config: Mapping[str, Any], augmentation: bool,
-                  loop_members: int | None = None, mesh: jax.sharding.Mesh | None = None
-                  ) -> Callable[[MemberState, Metrics, data.Dataset, jax.Array],
+                  loop_members: int | None = None, mesh: jax.sharding.Mesh | None = None,
+                  bn_statistics: str = "global"
+                  ) -> Callable[[MemberState, Metrics, jax.Array, data.Dataset, jax.Array],
                                 tuple[MemberState, Metrics]]:
-  """The jitted step of a whole arm: (states, metric_sums, dataset, step).
+  """The jitted step of a whole arm: (states, metric_sums, streams_M, dataset, step).
 
-  All members see training batch `step` of the shared data stream. The
-  members are split over `mesh`'s member axis (default: one device), and
-  each device steps its own: with `loop_members` None vmapped (every conv a
-  grouped convolution); with k >= 1 one after another inside the same
-  program (`lax.map`), k of them vmapped together per iteration, so that one
-  dispatch advances them all without grouped convs for k = 1. No member
-  needs another device's data, so the step has no collective. Per-member
-  metrics are added to `metric_sums` (each (M,)) on the device, so the host
-  fetches them only when it logs. States and sums are donated; they must be
-  laid out by `mesh_lib.place_members` and the dataset by `place_replicated`.
+  With train_config["data_stream"] "shared" (the default) every member
+  trains on batch `step` of one data stream; with "per_seed" each member on
+  batch `step` of stream `streams_M[m]` (uint32 (M,), its seed: own order
+  and augmentation per seed). The members are split over `mesh`'s member
+  axis (default: one device), and each device steps its own: with
+  `loop_members` None vmapped (every conv a grouped convolution); with
+  k >= 1 one after another inside the same program (`lax.map`), k of them
+  vmapped together per iteration, so that one dispatch advances them all
+  without grouped convs for k = 1. No member needs another device's data,
+  so the step has no collective, unless the mesh's `data` axis splits each
+  member's batch: XLA then partitions the member's step over it (gradient
+  and, with `bn_statistics` "global", BN statistics over the whole batch;
+  "ghost": each device's part, see `train_forward`). Per-member metrics are added to
+  `metric_sums` (each (M,)) on the device, so the host fetches them only
+  when it logs. States and sums are donated; they and the streams must be
+  laid out by `mesh_lib.place_members`, the dataset by `place_replicated`.
   """
   train_config = dict(train_config)
-  step_fn = functools.partial(member_step, model, tx, train_config)
   mesh = mesh or mesh_lib.single_device_mesh()
+  split = mesh_lib.data_devices(mesh)
+  step_fn = functools.partial(member_step, model, tx, train_config,
+                              ghost_groups=split if bn_statistics == "ghost" else 1)
+  per_seed = train_config.get("data_stream", "shared") == "per_seed"
+  over_data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh_lib.DATA))
 
-  def device_members(states: MemberState, sums: Metrics, images: jax.Array,
-                     labels: jax.Array, step: jax.Array) -> tuple[MemberState, Metrics]:
-    one = lambda state: step_fn(state, images, labels, step)
-    if loop_members is None:
-      states, metrics = jax.vmap(one)(states)
+  def batch(dataset: data.Dataset, step: jax.Array, stream: jax.Array | None):
+    images, labels = data.train_batch(dataset, train_config["data_seed"], step,
+                                      train_config["batch_size"], augmentation, stream)
+    if split == 1:
+      return images, labels
+    return (jax.lax.with_sharding_constraint(images, over_data),
+            jax.lax.with_sharding_constraint(labels, over_data))
+
+  def device_members(states: MemberState, sums: Metrics, streams_M: jax.Array,
+                     dataset: data.Dataset, step: jax.Array) -> tuple[MemberState, Metrics]:
+    if per_seed:
+      one = lambda args: step_fn(args[0], *batch(dataset, step, args[1]), step)
     else:
-      states, metrics = jax.lax.map(one, states,
+      images, labels = batch(dataset, step, None)
+      one = lambda args: step_fn(args[0], images, labels, step)
+    if loop_members is None:
+      states, metrics = jax.vmap(one)((states, streams_M))
+    else:
+      states, metrics = jax.lax.map(one, (states, streams_M),
                                     batch_size=loop_members if loop_members > 1 else None)
     return states, jax.tree.map(jnp.add, sums, metrics)
 
   by_member, whole = jax.sharding.PartitionSpec(mesh_lib.MEMBERS), jax.sharding.PartitionSpec()
-  sharded = jax.shard_map(device_members, mesh=mesh, in_specs=(by_member, by_member, whole,
-                                                               whole, whole),
-                          out_specs=(by_member, by_member))
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def arm_step(states: MemberState, sums: Metrics, dataset: data.Dataset,
-               step: jax.Array) -> tuple[MemberState, Metrics]:
-    images, labels = data.train_batch(dataset, train_config["data_seed"], step,
-                                      train_config["batch_size"], augmentation)
-    return sharded(states, sums, images, labels, step)
-
-  return arm_step
+  return jax.jit(
+      # Manual over members only: along `data` XLA partitions each member's step.
+      jax.shard_map(device_members, mesh=mesh,
+                    in_specs=(by_member, by_member, by_member, whole, whole),
+                    out_specs=(by_member, by_member), axis_names={mesh_lib.MEMBERS}),
+      donate_argnums=(0, 1))
 
 
 def zero_metrics(num_members: int) -> Metrics:

@@ -86,7 +86,7 @@ def _changed_fields(workdir: str, config: ml_collections.ConfigDict) -> list[str
   except (OSError, json.JSONDecodeError) as e:
     raise errors.WorkdirError(
         f"{path} cannot be read ({e}); use a new --workdir or pass --overwrite.") from None
-  # Runs from before the mesh existed ran on one device, without data parallelism.
+  # Runs from before the mesh existed ran on one device.
   old.setdefault("mesh", {"members": 1, "data": 1, "bn_statistics": "global"})
   changed = differing_fields(old, config_dict(config))
   return [field for field in changed if field not in DEVICE_LAYOUT_FIELDS]
@@ -98,16 +98,20 @@ def _changed_fields(workdir: str, config: ml_collections.ConfigDict) -> list[str
 DEVICE_LAYOUT_FIELDS = ("mesh.members",)
 
 
-def prepare(workdir: str, config: ml_collections.ConfigDict) -> None:
+def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> None:
   """Creates `workdir` and writes config.json, refusing another run's workdir.
 
-  A workdir whose config.json differs from `config` is left untouched.
+  A workdir whose config.json differs from `config` is left untouched. With
+  `write` False (a process other than a multi-process run's writer) it only
+  refuses.
   """
   changed = _changed_fields(workdir, config)
   if changed:
     raise errors.WorkdirError(
         f"{workdir} holds a run with a different config (fields differ:"
         f" {', '.join(changed)}); use a new --workdir, or pass --overwrite to delete that run.")
+  if not write:
+    return
   os.makedirs(os.path.join(workdir, FIGURES_DIR), exist_ok=True)
   _write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))
 

@@ -27,7 +27,7 @@ def trajectory(config, dataset, norm: str, lrs: list[float], seeds: list[int], c
   """Trains members of one arm; the stacked state (numpy) after each step."""
   model, tx, step_fn, eval_fn = compiled_arm(config.to_json(), norm, loop_members)
   states = train.init_arm(model, tx, tuple(seeds), jnp.asarray(lrs, jnp.float32))
-  arm = executor.ArmExecutor.create(step_fn, eval_fn, states, chunk)
+  arm = executor.ArmExecutor.create(step_fn, eval_fn, states, chunk, streams=tuple(seeds))
   snapshots = [jax.device_get(arm.states)]
   for t in range(steps):
     arm.step(dataset, jnp.asarray(t, jnp.int32))

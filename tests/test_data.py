@@ -120,3 +120,14 @@ def test_preparing_without_tensorflow_says_what_to_install(tmp_path, monkeypatch
                       lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
   with pytest.raises(data.DataError, match="needs TensorFlow.*\\.\\[prepare\\]"):
     data.cifar10(str(tmp_path), download=True)
+
+
+def test_a_stream_is_a_pure_function_of_data_seed_stream_and_step():
+  dataset = data.synthetic(0, 256, 8)
+  batch = lambda stream, step: data.train_batch(dataset, 0, step, 16, True, stream)
+  np.testing.assert_array_equal(batch(3, 5)[0], batch(3, 5)[0])
+  shared, first, second = (data.batch_indices(0, 5, 16, 256, s) for s in (None, 1, 2))
+  assert not np.array_equal(first, shared) and not np.array_equal(first, second)
+  # Within a stream, an epoch is still a permutation of the training set.
+  epoch = np.concatenate([data.batch_indices(0, t, 16, 256, 7) for t in range(16)])
+  assert sorted(epoch.tolist()) == list(range(256))

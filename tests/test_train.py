@@ -92,9 +92,9 @@ def test_momentum_sgd_with_weight_decay_matches_the_formula():
 
 def test_the_step_is_traced_once_for_all_steps_and_rates(tiny_dataset, monkeypatch):
   traces = []
-  def member_step(*args):
+  def member_step(*args, **kwargs):
     traces.append(args[-1])  # a Python side effect: runs when jit traces, never when it runs
-    return original(*args)
+    return original(*args, **kwargs)
   original = train.member_step
   monkeypatch.setattr(train, "member_step", member_step)
   config = tiny_config(num_steps=100)
@@ -120,10 +120,24 @@ def test_bfloat16_compute_follows_float32(tiny_dataset):
     tx = train.make_optimizer(0.9, 1e-4)
     step_fn = train.make_arm_step(model, tx, config.train.to_dict(), True)
     states = train.init_arm(model, tx, (0,), jnp.asarray([0.05], jnp.float32))
-    sums = train.zero_metrics(1)
+    sums, streams = train.zero_metrics(1), jnp.zeros((1,), jnp.uint32)
     for t in range(40):
-      states, sums = step_fn(states, sums, tiny_dataset, jnp.asarray(t, jnp.int32))
+      states, sums = step_fn(states, sums, streams, tiny_dataset, jnp.asarray(t, jnp.int32))
     leaves = jax.tree.leaves((states.params, states.batch_stats, states.opt_state))
     assert {x.dtype for x in leaves} <= {np.dtype("float32"), np.dtype("int32")}
     losses[dtype] = float(sums["train_loss"][0]) / 40
   assert abs(losses["bfloat16"] - losses["float32"]) < 0.05 * losses["float32"], losses
+
+
+def test_per_seed_streams_give_each_member_the_batches_of_its_own_seed(tiny_dataset):
+  """Seeds 0 and 1 trained together on their own streams equal each trained alone on it."""
+  config = tiny_config(num_steps=100, data_stream="per_seed")
+  together = run_arm(config, tiny_dataset, "none", [0.05, 0.05], [0, 1], chunk=2, steps=2)
+  alone = run_arm(config, tiny_dataset, "none", [0.05], [1], chunk=1, steps=2)
+  assert_close(jax.tree.map(lambda x: x[1], together.params),
+               jax.tree.map(lambda x: x[0], alone.params), 1e-6)
+  shared = run_arm(tiny_config(num_steps=100), tiny_dataset, "none", [0.05], [1], chunk=1,
+                   steps=2)
+  difference = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), alone.params,
+                            shared.params)
+  assert max(jax.tree.leaves(difference)) > 1e-4  # another stream: other batches
