@@ -28,12 +28,17 @@ ARGS = ["--config=configs/lr_sweep.py:smoke", "--config.train.num_steps=12",
         "--config.log_every=2", "--config.eval_every=4", "--config.checkpoint.every=3"]
 
 
-def _run(workdir, *extra, devices: int = 4):
+def _run(workdir, *extra, devices: int = 4, launcher: bool = False):
+  """The sweep, by `python -m bnjax.main` or (`launcher`) by launch/single_host.sh."""
   env = {**os.environ, "PYTHONPATH": REPO,
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  result = subprocess.run([sys.executable, "-m", "bnjax.main", f"--workdir={workdir}", *ARGS,
-                           *extra], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+  if launcher:
+    command = ["launch/single_host.sh", ARGS[0].split("=", 1)[1], str(workdir), *ARGS[1:]]
+  else:
+    command = [sys.executable, "-m", "bnjax.main", f"--workdir={workdir}", *ARGS]
+  result = subprocess.run([*command, *extra], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -48,15 +53,19 @@ def _same_outputs(a, b):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """The sweep on a 1-device mesh and on all 4 devices (each arm padded from 3 to 4 members)."""
+  """The sweep on a 1-device mesh and, by the single-host launcher, on all 4 devices.
+
+  Each arm's 3 members are padded to 4 on the 4 devices.
+  """
   root = tmp_path_factory.mktemp("mesh")
   _run(root / "one", "--config.mesh.members=1")
-  _run(root / "four")
+  _run(root / "four", launcher=True)
   return root
 
 
 def test_members_sharded_over_four_devices_train_bit_for_bit_as_on_one(runs):
   _same_outputs(runs / "one", runs / "four")
+  assert "Done; outputs are in" in (runs / "four" / "log.txt").read_text()  # the launcher's log
   members = checkpoint.load(runs / "four").members
   assert len(members) == 6  # the padding members show nowhere
   assert [len(s.base_lr) for s in checkpoint.load(runs / "four").states] == [3, 3]
