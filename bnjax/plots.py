@@ -109,8 +109,13 @@ def as_float(values: Sequence[Any]) -> np.ndarray:
   return np.asarray([np.nan if v is None else v for v in values], dtype=float)
 
 
+NORM_TITLES = {"batch": "BN", "none": "no BN", "layer": "LayerNorm", "group": "GroupNorm",
+               "fixup": "Fixup", "skipinit": "SkipInit", "batch_first": "BN in the stem and stage 1",
+               "batch_last": "BN in stage 3 only", "batch_head": "BN before the classifier"}
+
+
 def norm_title(arm: dict[str, Any]) -> str:
-  name = "BN" if arm.get("norm") == "batch" else "no BN"
+  name = NORM_TITLES.get(arm.get("norm"), str(arm.get("norm")))
   return f"{name}, ResNet-{arm.get('depth')}"
 
 

@@ -10,7 +10,7 @@ at and below which nothing diverged. More norms: e.g.
 --config.sweep.arms.norm='("batch", "none", "fixup")'.
 Default: ResNet-8/20/56/110, CIFAR-10, batch 128, 11 rates 1e-4..10 (half
 decades), 3 seeds, 200 steps, the default Glorot-uniform initialiser.
-`smoke`: ResNet-8/14 on synthetic data, batch 16, 5 rates 1e-3..10, one
+`smoke`: ResNet-8/14 on synthetic data, batch 16, 7 rates 1e-3..10, one
 seed, 30 steps, ~1 min on a CPU. It uses He-normal weights, like the other
 smoke variants: at small depth they put a no-BN network about where the
 default puts a ResNet-110 (README, "Does it reproduce the paper?"), so the

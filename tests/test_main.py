@@ -74,8 +74,8 @@ def test_swept_values_and_the_base_value_pass_the_arm_override_check():
 
 def test_sweeping_an_unknown_norm_is_reported_by_the_arm_validation():
   config = load_config("lr_sweep", "smoke")
-  config.sweep.arms.norm = ("layer",)  # the fix the override message suggests
-  with pytest.raises(errors.ConfigError, match="Unknown norm 'layer'"):
+  config.sweep.arms.norm = ("instance",)  # the fix the override message suggests
+  with pytest.raises(errors.ConfigError, match="Unknown norm 'instance'"):
     config_lib.validate(config)
 
 

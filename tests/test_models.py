@@ -78,13 +78,13 @@ def test_bad_depth_and_unknown_names_are_rejected():
   with pytest.raises(ValueError, match="Unknown model"):
     make_model({"name": "vgg", "depth": 20})
   with pytest.raises(ValueError, match="Unknown norm"):
-    _param_count(CifarResNet(depth=8, norm="layer"))
+    _param_count(CifarResNet(depth=8, norm="instance"))
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("depth", 21, "config.model.depth: ResNet depth 21 is not of the form 6n\\+2"),
     ("depth", "20", "config.model.depth must be a whole number 6n\\+2"),
-    ("norm", "layer", "Unknown norm 'layer' \\(config.model.norm\\)"),
+    ("norm", "instance", "Unknown norm 'instance' \\(config.model.norm\\)"),
     ("shortcut", "C", "Unknown shortcut option 'C' \\(config.model.shortcut\\)"),
     ("initializer", "zeros", "Unknown initializer 'zeros' \\(config.model.initializer\\)"),
     ("scan_blocks", 1, "config.model.scan_blocks must be true or false"),
@@ -98,14 +98,18 @@ def test_the_resnet_family_rejects_a_bad_field_in_one_sentence(field, value, mes
   assert "\n" not in str(info.value) and str(info.value).endswith(".")
 
 
-@pytest.mark.parametrize("norm, shortcut", [("batch", "A"), ("none", "B")])
+@pytest.mark.parametrize("norm, shortcut", [("batch", "A"), ("none", "B"), ("fixup", "A"),
+                                            ("skipinit", "B"), ("layer", "A"),
+                                            ("batch_last", "B")])
 def test_scanned_blocks_compute_the_unrolled_function(norm, shortcut):
   """unscan(scanned variables) in the unrolled model gives the same logits,
   BN statistics and recorded layers, under the same names."""
   scanned = CifarResNet(depth=14, norm=norm, shortcut=shortcut, scan_blocks=True)
   unrolled = scanned.clone(scan_blocks=False)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  variables = scanned.init(jax.random.key(0), x)
+  # Moved off the initial values, so that Fixup and SkipInit branches are not zero.
+  variables = jax.tree.map(lambda a: a + 0.05 * jnp.cos(jnp.arange(a.size)).reshape(a.shape),
+                           scanned.init(jax.random.key(0), x))
   assert variables["params"]["stage2_blocks"]["block"]["conv_norm1"]["conv"]["kernel"].shape == (
       1, 3, 3, 32, 32)
   per_block = unscan(variables)

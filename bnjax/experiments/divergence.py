@@ -33,7 +33,15 @@ def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       minibatches=(1, 4, 7), eta_low=1e-5, eta_high=1e-1, num_etas=25,
       threshold=landscape.DIVERGENCE_THRESHOLD,
-      lr_by_norm=ml_collections.ConfigDict(dict(batch=0.1, none=1e-4))))
+      lr_by_norm=ml_collections.ConfigDict(LR_BY_NORM)))
+
+
+# Each arm's usual rate: the paper's 0.1 with BN and 1e-4 without; 0.1 for
+# the normalisers and initialisations that are meant to replace BN (LayerNorm,
+# GroupNorm, Fixup, SkipInit train at it in their papers); the paper's no-BN
+# rate where BN is only in part of the network.
+LR_BY_NORM = dict(batch=0.1, none=1e-4, layer=0.1, group=0.1, fixup=0.1, skipinit=0.1,
+                  batch_first=1e-4, batch_last=1e-4, batch_head=1e-4)
 
 
 def etas(config: ml_collections.ConfigDict) -> tuple[float, ...]:

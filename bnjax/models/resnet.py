@@ -4,12 +4,23 @@ Depth 6n+2: a 3x3 conv stem with 16 channels, three stages of n basic blocks
 at 16/32/64 channels (the first block of stages 2 and 3 halves the spatial
 size), global average pooling and one dense classifier.
 
+`norm` picks what stands in for batch norm (`layers.NORMS`, whose docstring
+defines each): another normalisation layer after every convolution ("layer",
+"group"), none ("none"), batch norm in part of the network ("batch_first",
+"batch_last", "batch_head"), or a residual network that trains without
+normalisation: Fixup ("fixup", `BasicBlock._fixup`) or SkipInit
+("skipinit"). Fixup and SkipInit residual branches output exactly zero at
+initialisation, so each block starts as its shortcut; Fixup also sets the
+classifier to zero, so every logit starts at 0. Fixup is an initialisation,
+so it ignores `initializer` (He-normal where the paper says "standard").
+
 Everything the analyses look at is recorded with `sow` into the
 `intermediates` collection, which Flax only fills when the caller asks for it
 (`mutable=["intermediates"]`), so training pays nothing for it:
 
 * `conv_out`  every convolution's output (before normalisation),
-* `norm_out`  every normalisation layer's output (BN arms only),
+* `norm_out`  every normalisation layer's output (none without one: "none",
+  "fixup", "skipinit"; "batch_head" records its one BN at `head_norm`),
 * `branch_out` each residual branch's output before the skip is added,
 * `block_out` every block's output (after the skip and the ReLU),
 * `logits`    the classifier output.
@@ -66,10 +77,11 @@ def depth_key(path: str) -> tuple:
 
   stem < stage1_block00/conv_norm1 < .../conv_norm2 < .../projection <
   stage1_block01 < ... < stage1_block100 < ... < stage2_block00 ... <
-  classifier. Numbers in names compare as numbers, so that stages of 100
-  or more blocks (ResNet-608 and deeper) stay in order.
+  head_norm < classifier. Numbers in names compare as numbers, so that
+  stages of 100 or more blocks (ResNet-608 and deeper) stay in order.
   """
-  order = {"stem": 0, "conv_norm1": 1, "conv_norm2": 2, "projection": 3, "classifier": 8, "": 9}
+  order = {"stem": 0, "conv_norm1": 1, "conv_norm2": 2, "projection": 3, "head_norm": 7,
+           "classifier": 8, "": 9}
   return tuple((order.get(p, 5), _natural(p)) for p in path.split("/"))
 
 
@@ -120,7 +132,12 @@ def build(model_config: family.ModelConfig, num_classes: int, dtype: Any) -> "Ci
 
 
 class ConvNorm(nn.Module):
-  """A 3x3 (or 1x1) convolution followed by the chosen normalisation."""
+  """A 3x3 (or 1x1) convolution followed by the chosen normalisation.
+
+  `norm` is one of `layers.LAYER_NORMS`. The convolution carries a bias
+  unless the normalisation has its own shift, or `use_bias` says otherwise
+  (Fixup's convolutions have none).
+  """
 
   features: int
   norm: str
@@ -128,23 +145,48 @@ class ConvNorm(nn.Module):
   strides: int = 1
   kernel_size: int = 3
   dtype: Any = jnp.float32
+  use_bias: bool | None = None
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool) -> jax.Array:
     k = self.kernel_size
+    use_bias = not layers.has_learned_shift(self.norm) if self.use_bias is None else self.use_bias
     y = nn.Conv(
         self.features, (k, k), strides=self.strides, padding=((k // 2,) * 2,) * 2,
-        use_bias=not layers.has_learned_shift(self.norm),
-        kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x_BxHxWxC)
+        use_bias=use_bias, kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x_BxHxWxC)
     self.sow("intermediates", "conv_out", y)
     y = layers.normalize(self.norm, y, train, self.dtype, name="norm")
-    if layers.has_learned_shift(self.norm):
+    if self.norm != "none":
       self.sow("intermediates", "norm_out", y)
     return y
 
 
+def scalar(module: nn.Module, name: str, value: float) -> jax.Array:
+  """A learned float32 scalar parameter of `module`, initialised to `value`: Fixup, SkipInit."""
+  return module.param(name, nn.initializers.constant(value), (), jnp.float32)
+
+
+class HeadNorm(nn.Module):
+  """Batch norm of the pooled features (B, C) before the classifier: the "batch_head" arm."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxC: jax.Array, train: bool) -> jax.Array:
+    y = layers.normalize("batch", x_BxC, train, self.dtype, name="norm")
+    self.sow("intermediates", "norm_out", y)
+    return y
+
+
 class BasicBlock(nn.Module):
-  """Two 3x3 ConvNorms with a ReLU between them, plus the shortcut."""
+  """Two 3x3 ConvNorms with a ReLU between them, plus the shortcut.
+
+  `norm` is a stage's (`layers.stage_norm`): a normalisation layer after each
+  convolution, "none", "fixup" (`_fixup`), or "skipinit", which multiplies
+  the branch by a learned scalar `alpha`, initialised to 0, before the skip
+  is added (De & Smith 2020, section 4). `num_blocks` is L, the network's
+  number of residual blocks, which sets Fixup's initial scale.
+  """
 
   features: int
   strides: int
@@ -152,29 +194,67 @@ class BasicBlock(nn.Module):
   shortcut: str
   kernel_init: Callable[..., jax.Array]
   dtype: Any = jnp.float32
+  num_blocks: int = 1
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, train: bool) -> jax.Array:
+    if self.norm == "fixup":
+      return self._fixup(x_BxHxWxC, train)
     conv = lambda strides, name: ConvNorm(
-        self.features, self.norm, self.kernel_init, strides=strides,
+        self.features, layers.conv_norm(self.norm), self.kernel_init, strides=strides,
         dtype=self.dtype, name=name)
     y = nn.relu(conv(self.strides, "conv_norm1")(x_BxHxWxC, train))
     y = conv(1, "conv_norm2")(y, train)
-    self.sow("intermediates", "branch_out", y)
-    out = nn.relu(y + self._shortcut(x_BxHxWxC, train))
+    if self.norm == "skipinit":
+      y = y * scalar(self, "alpha", 0.0).astype(y.dtype)
+    return self._join(y, self._shortcut(x_BxHxWxC, train))
+
+  def _fixup(self, x_BxHxWxC: jax.Array, train: bool) -> jax.Array:
+    """Fixup's basic block (Zhang, Dauphin & Ma 2019, arXiv 1901.09321, section 3).
+
+    relu(scale * conv2(relu(conv1(x + bias1a) + bias1b) + bias2a) + bias2b
+    + shortcut), the shortcut taking x + bias1a where it is not the identity,
+    as the authors' CIFAR code writes it: rule 3's scalar biases (init 0)
+    before each convolution and activation and one multiplier (init 1) per
+    branch; convolutions without biases; conv1 He-normal times L^(-1/2)
+    (rule 2, m = 2), conv2 zero (rule 1); a projection (shortcut "B"),
+    outside the branch, plain He-normal (`self.kernel_init`).
+    """
+    dtype = x_BxHxWxC.dtype
+    bias = lambda name: scalar(self, name, 0.0).astype(dtype)
+    conv = lambda strides, init, name: ConvNorm(
+        self.features, "none", init, strides=strides, dtype=self.dtype, use_bias=False,
+        name=name)
+    x_in = x_BxHxWxC + bias("bias1a")
+    y = conv(self.strides, layers.fixup_branch_init(self.num_blocks), "conv_norm1")(x_in, train)
+    y = nn.relu(y + bias("bias1b"))
+    y = conv(1, nn.initializers.zeros, "conv_norm2")(y + bias("bias2a"), train)
+    y = y * scalar(self, "scale", 1.0).astype(dtype) + bias("bias2b")
+    identity = self._is_identity(x_BxHxWxC)
+    return self._join(y, self._shortcut(x_BxHxWxC if identity else x_in, train))
+
+  def _join(self, branch: jax.Array, shortcut: jax.Array) -> jax.Array:
+    """relu(branch + shortcut), recording the branch and the block's output."""
+    self.sow("intermediates", "branch_out", branch)
+    out = nn.relu(branch + shortcut)
     self.sow("intermediates", "block_out", out)
     return out
 
+  def _is_identity(self, x_BxHxWxC: jax.Array) -> bool:
+    return self.strides == 1 and x_BxHxWxC.shape[-1] == self.features
+
   def _shortcut(self, x_BxHxWxC: jax.Array, train: bool) -> jax.Array:
-    if self.strides == 1 and x_BxHxWxC.shape[-1] == self.features:
+    if self._is_identity(x_BxHxWxC):
       return x_BxHxWxC
     if self.shortcut == "A":
       x = x_BxHxWxC[:, ::self.strides, ::self.strides, :]
       extra = self.features - x.shape[-1]
       return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    fixup = self.norm == "fixup"
     return ConvNorm(
-        self.features, self.norm, self.kernel_init, strides=self.strides,
-        kernel_size=1, dtype=self.dtype, name="projection")(x_BxHxWxC, train)
+        self.features, layers.conv_norm(self.norm), self.kernel_init, strides=self.strides,
+        kernel_size=1, dtype=self.dtype, use_bias=False if fixup else None,
+        name="projection")(x_BxHxWxC, train)
 
 
 class _BlockStep(nn.Module):
@@ -186,11 +266,12 @@ class _BlockStep(nn.Module):
   kernel_init: Callable[..., jax.Array]
   train: bool
   dtype: Any = jnp.float32
+  num_blocks: int = 1
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, _: None) -> tuple[jax.Array, None]:
     block = BasicBlock(self.features, 1, self.norm, self.shortcut, self.kernel_init,
-                       dtype=self.dtype, name="block")
+                       dtype=self.dtype, num_blocks=self.num_blocks, name="block")
     return block(x_BxHxWxC, self.train), None
 
 
@@ -277,10 +358,11 @@ class CifarResNet(nn.Module):
 
   Attributes:
     depth: 6n+2 (20, 32, 44, 56, 110, ...).
-    norm: "batch" or "none" (see `layers.NORMS`).
+    norm: "batch", "none" or another of `layers.NORMS` (see its module docstring).
     shortcut: "A" (identity, stride-2 subsampling, zero-padded channels, the
       paper's choice) or "B" (1x1 projection followed by the normalisation).
-    initializer: name of the weight initialiser (see `layers.INITIALIZERS`).
+    initializer: name of the weight initialiser (see `layers.INITIALIZERS`); "fixup"
+      ignores it and initialises as Fixup prescribes.
     num_classes: width of the classifier.
     dtype: compute dtype; parameters and BN statistics stay float32.
     scan_blocks: run each stage's blocks after the first as one `nn.scan`
@@ -300,26 +382,38 @@ class CifarResNet(nn.Module):
   def __call__(self, x_BxHxWxC: jax.Array, train: bool = False) -> jax.Array:
     """Maps images (B, 32, 32, 3) to logits (B, num_classes), float32."""
     n = blocks_per_stage(self.depth)
+    layers.check_norm(self.norm)
     if self.shortcut not in ("A", "B"):
       raise ValueError(f"Unknown shortcut option {self.shortcut!r}; use 'A' or 'B'.")
-    kernel_init = layers.make_initializer(self.initializer)
+    fixup = self.norm == "fixup"
+    kernel_init = layers.make_initializer("he_normal" if fixup else self.initializer)
     x = x_BxHxWxC.astype(self.dtype)
-    x = nn.relu(ConvNorm(STAGE_WIDTHS[0], self.norm, kernel_init,
-                         dtype=self.dtype, name="stem")(x, train))
+    stem_norm = layers.conv_norm(layers.stage_norm(self.norm, 0))
+    x = ConvNorm(STAGE_WIDTHS[0], stem_norm, kernel_init, dtype=self.dtype,
+                 use_bias=False if fixup else None, name="stem")(x, train)
+    if fixup:  # the authors' code: relu(conv(x) + bias1); their stem conv has no bias before it
+      x = x + scalar(self, "stem_bias", 0.0).astype(x.dtype)
+    x = nn.relu(x)
     for stage, width in enumerate(STAGE_WIDTHS):
+      norm = layers.stage_norm(self.norm, stage + 1)
       block = lambda strides, i: BasicBlock(
-          width, strides, self.norm, self.shortcut, kernel_init, dtype=self.dtype,
-          name=f"stage{stage + 1}_block{i:02d}")
+          width, strides, norm, self.shortcut, kernel_init, dtype=self.dtype,
+          num_blocks=3 * n, name=f"stage{stage + 1}_block{i:02d}")
       x = block(2 if stage > 0 else 1, 0)(x, train)
       if self.scan_blocks and n > 1:
         x, _ = repeated_blocks(n - 1)(
-            width, self.norm, self.shortcut, kernel_init, train, dtype=self.dtype,
-            name=f"stage{stage + 1}_blocks")(x, None)
+            width, norm, self.shortcut, kernel_init, train, dtype=self.dtype,
+            num_blocks=3 * n, name=f"stage{stage + 1}_blocks")(x, None)
       else:
         for i in range(1, n):
           x = block(1, i)(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, kernel_init=kernel_init,
+    if self.norm == "batch_head":
+      x = HeadNorm(dtype=self.dtype, name="head_norm")(x, train)
+    if fixup:  # rule 3's bias before the classifier, which rule 1 sets to zero
+      x = x + scalar(self, "head_bias", 0.0).astype(x.dtype)
+    zeros = nn.initializers.zeros
+    logits = nn.Dense(self.num_classes, kernel_init=zeros if fixup else kernel_init,
                       dtype=self.dtype, name="classifier")(x)
     logits = logits.astype(jnp.float32)
     self.sow("intermediates", "logits", logits)
