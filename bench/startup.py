@@ -141,7 +141,7 @@ def run_launch(kind: str, launch_time: float) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
   from jax import monitoring
-  from bnjax import data, loop, sweep  # what a run imports beyond the config file's modules
+  from bnjax import data, loop, mesh as mesh_lib, sweep  # what a run imports beyond its config
   log = CompileLog()
   monitoring.register_event_duration_secs_listener(log.on_duration)
   monitoring.register_event_listener(log.on_event)
@@ -158,10 +158,11 @@ def run_launch(kind: str, launch_time: float) -> dict[str, Any]:
   log.take()
   jax.devices()
   mark("backend")
-  dataset = data.load(config.data)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  dataset = mesh_lib.place_replicated(data.load(config.data), mesh)
   jax.block_until_ready(dataset)
   mark("data")
-  runs = [loop.build_arm(arm, config) for arm in sweep.make_arms(config)]
+  runs = [loop.build_arm(arm, config, mesh) for arm in sweep.make_arms(config)]
   jax.block_until_ready([run.executor.chunks for run in runs])
   mark("init")
   if _EVAL.value:

@@ -1,12 +1,16 @@
 """The throughput benchmark runs end to end on tiny settings; the torch twin matches bnjax."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from bench import report, throughput
+
+from conftest import REPO
 
 RECORD_FIELDS = {
     "framework", "depth", "members", "executor", "resolved_executor", "dtype", "batch",
@@ -128,3 +132,18 @@ def test_report_of_a_gpu_folder(tmp_path):
   assert "| bnjax | 8 | 2 | vmap | no | bfloat16 | 16.0 | 8 |" in table
   assert "0.0 r" in table and "failed: XlaRuntimeError: RESOURCE_EXHAUSTED" in table
   assert "spread over 5%" in table and "- r8-m1-f32: skipped (needs ~9 s)" in table
+
+
+def test_startup_times_every_phase_of_a_launch(tmp_path):
+  """One uncached launch of a tiny sweep: the phases a run goes through, as it runs them."""
+  out = tmp_path / "startup.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "bench.startup", "--config.data.name=synthetic",
+       "--config.data.synthetic_train_size=64", "--config.data.synthetic_test_size=16",
+       "--config.eval_batch_size=16", "--config.train.batch_size=4", "--config.model.depth=8",
+       "--config.sweep.lrs=(0.1,)", "--config.sweep.seeds=(0,)", "--nosteady_step",
+       "--repeats=1", "--launches=nocache", f"--out={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  launch = json.loads(out.read_text())["launches"][0]
+  assert {"data", "init", "eval", "first_step"} <= set(launch["phases"])
