@@ -10,7 +10,8 @@ import numbers
 
 import ml_collections
 
-from bnjax import errors, executor as executor_lib, experiments
+from bnjax import errors, executor as executor_lib, experiments, mesh as mesh_lib
+from bnjax import train as train_lib
 from bnjax.models.registry import DTYPES, FAMILIES, get_family
 
 
@@ -147,8 +148,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(all(0 < b < 1 for b in train.lr_boundaries),
          "config.train.lr_boundaries must be fractions of training strictly between 0 and 1.")
   _check(train.weight_decay >= 0, "config.train.weight_decay must be >= 0.")
-  _check(train.data_stream in ("shared", "per_seed"),
-         f"Unknown config.train.data_stream {train.data_stream!r}; use 'shared' or 'per_seed'.")
+  _check(train.data_stream in train_lib.DATA_STREAMS,
+         f"Unknown config.train.data_stream {train.data_stream!r}; use one of"
+         f" {list(train_lib.DATA_STREAMS)}.")
   _check(config.log_every > 0 and config.eval_every > 0,
          "config.log_every and config.eval_every must be positive.")
   _check(config.executor in executor_lib.EXECUTORS,
@@ -156,9 +158,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.chunk_size >= 1, f"config.chunk_size must be >= 1, got {config.chunk_size}.")
   _check(config.map_batch_size >= 1,
          f"config.map_batch_size must be >= 1, got {config.map_batch_size}.")
-  _check(config.mesh.bn_statistics in ("global", "ghost"),
-         f"Unknown config.mesh.bn_statistics {config.mesh.bn_statistics!r}; use 'global' or"
-         " 'ghost'.")
+  _check(config.mesh.bn_statistics in mesh_lib.BN_STATISTICS,
+         f"Unknown config.mesh.bn_statistics {config.mesh.bn_statistics!r}; use one of"
+         f" {list(mesh_lib.BN_STATISTICS)}.")
   _check(config.mesh.data >= 1 and train.batch_size % config.mesh.data == 0,
          f"config.train.batch_size={train.batch_size} does not split over config.mesh.data="
          f"{config.mesh.data} devices; make the batch a multiple of it.")

@@ -126,14 +126,13 @@ class ArmExecutor:
 
   def evaluate(self, dataset: data.Dataset) -> dict[str, np.ndarray]:
     """Test metrics of every member, (M,) each, fetched to the host."""
-    results = mesh_lib.fetch([self.eval_fn(chunk, dataset) for chunk in self.chunks])
-    return {k: np.concatenate([r[k] for r in results])[:self.num_members] for k in results[0]}
+    return self._on_host([self.eval_fn(chunk, dataset) for chunk in self.chunks])
 
   def take_metric_means(self, count: int) -> dict[str, np.ndarray]:
     """Train-metric means over the last `count` steps, (M,) each; resets the sums."""
-    sums = mesh_lib.fetch(self.sums)
-    self.sums = [self._placed(train.zero_metrics(s["train_loss"].shape[0])) for s in sums]
-    return {k: np.concatenate([s[k] for s in sums])[:self.num_members] / count for k in sums[0]}
+    means = jax.tree.map(lambda x: x / count, self._on_host(self.sums))
+    self.sums = [self._placed(train.zero_metrics(s["train_loss"].shape[0])) for s in self.sums]
+    return means
 
   @property
   def states(self) -> train.MemberState:
@@ -147,9 +146,7 @@ class ArmExecutor:
 
   def divergence(self) -> tuple[np.ndarray, np.ndarray]:
     """(diverged (M,) bool, diverged_step (M,) int) fetched to the host."""
-    flags = mesh_lib.fetch([(c.diverged, c.diverged_step) for c in self.chunks])
-    return (np.concatenate([f[0] for f in flags])[:self.num_members],
-            np.concatenate([f[1] for f in flags])[:self.num_members])
+    return self._on_host([(c.diverged, c.diverged_step) for c in self.chunks])
 
   @property
   def metric_sums(self) -> train.Metrics:
