@@ -116,7 +116,8 @@ NORM_TITLES = {"batch": "BN", "none": "no BN", "layer": "LayerNorm", "group": "G
 
 def norm_title(arm: dict[str, Any]) -> str:
   name = NORM_TITLES.get(arm.get("norm"), str(arm.get("norm")))
-  return f"{name}, ResNet-{arm.get('depth')}"
+  network = "plain CNN" if arm.get("shortcut") == "none" else "ResNet"
+  return f"{name}, {network}-{arm.get('depth')}"
 
 
 def log_log(ax: Any, xlabel: str) -> None:

@@ -284,3 +284,35 @@ def test_batch_and_none_models_are_unchanged(norm):
   pinned_eval, pinned_train = PINNED[norm]
   np.testing.assert_allclose(eval_logits[0, :3], pinned_eval, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(train_logits[1, :3], pinned_train, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_a_plain_network_is_the_resnet_without_its_skip_connections(norm):
+  """shortcut="none": every block outputs relu(branch(input)), with the same
+  parameters as option A, so a sweep over config.sweep.arms.shortcut compares
+  a plain CNN with its ResNet of the same depth."""
+  x = _images(2)
+  plain = CifarResNet(depth=14, norm=norm, shortcut="none")
+  residual = CifarResNet(depth=14, norm=norm, shortcut="A")
+  variables = plain.init(jax.random.key(0), x)
+  reference = residual.init(jax.random.key(0), x)
+  assert jax.tree.all(jax.tree.map(np.array_equal, variables, reference))
+  calls, state = _block_calls(plain, variables, x)
+  assert len(calls) == 6
+  for path, (_, block_out) in calls.items():
+    branch = state["intermediates"][path]["branch_out"][0]
+    np.testing.assert_array_equal(block_out, jax.nn.relu(branch), path)
+  plain_logits = plain.apply(variables, x)
+  assert not np.allclose(plain_logits, residual.apply(variables, x))
+
+
+def test_a_plain_network_refuses_norms_that_need_the_shortcut():
+  for norm in ("fixup", "skipinit"):
+    with pytest.raises(errors.ConfigError, match="needs the shortcut") as info:
+      resnet.validate({"name": "resnet", "depth": 8, "norm": norm, "shortcut": "none"})
+    assert "\n" not in str(info.value)
+  with pytest.raises(errors.ConfigError, match="Unknown shortcut option 'C'"):
+    resnet.validate({"name": "resnet", "depth": 8, "shortcut": "C"})
+  config = config_lib.base_config()
+  config.sweep.arms.shortcut = ("A", "none")
+  config_lib.validate(config)

@@ -13,6 +13,8 @@ normalisation: Fixup ("fixup", `BasicBlock._fixup`) or SkipInit
 initialisation, so each block starts as its shortcut; Fixup also sets the
 classifier to zero, so every logit starts at 0. Fixup is an initialisation,
 so it ignores `initializer` (He-normal where the paper says "standard").
+`shortcut="none"` drops the skip connections: He et al.'s plain network of
+the same depth, whose every block is relu(branch(x)).
 
 Everything the analyses look at is recorded with `sow` into the
 `intermediates` collection, which Flax only fills when the caller asks for it
@@ -61,6 +63,12 @@ _SCANNED = re.compile(r"(stage\d+)_blocks")
 _BLOCK = re.compile(r"(stage\d+)_block(\d+)")
 # The fields of config.model (besides `name`) that `build` passes to CifarResNet.
 CONFIG_FIELDS = ("depth", "norm", "shortcut", "initializer", "scan_blocks")
+# "A" and "B" are He et al.'s options; "none" is their plain network, the
+# same layers without the skip connection.
+SHORTCUTS = ("A", "B", "none")
+# Norms whose residual branches output zero at initialisation: without the
+# shortcut every block's output, and so the network's, would start at zero.
+RESIDUAL_ONLY_NORMS = ("fixup", "skipinit")
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -110,8 +118,12 @@ def validate(model_config: family.ModelConfig) -> None:
   norm, shortcut, initializer = fields["norm"], fields["shortcut"], fields["initializer"]
   family.check(norm in layers.NORMS,
                f"Unknown norm {norm!r} (config.model.norm); use one of {list(layers.NORMS)}.")
-  family.check(shortcut in ("A", "B"),
-               f"Unknown shortcut option {shortcut!r} (config.model.shortcut); use 'A' or 'B'.")
+  family.check(shortcut in SHORTCUTS,
+               f"Unknown shortcut option {shortcut!r} (config.model.shortcut); "
+               f"use one of {list(SHORTCUTS)}.")
+  family.check(shortcut != "none" or norm not in RESIDUAL_ONLY_NORMS,
+               f"config.model.norm={norm!r} needs the shortcut (its blocks start as the "
+               f"shortcut path); use config.model.shortcut='A' or 'B' with it.")
   family.check(initializer in layers.INITIALIZERS,
                f"Unknown initializer {initializer!r} (config.model.initializer); "
                f"use one of {sorted(layers.INITIALIZERS)}.")
@@ -233,17 +245,19 @@ class BasicBlock(nn.Module):
     identity = self._is_identity(x_BxHxWxC)
     return self._join(y, self._shortcut(x_BxHxWxC if identity else x_in, train))
 
-  def _join(self, branch: jax.Array, shortcut: jax.Array) -> jax.Array:
-    """relu(branch + shortcut), recording the branch and the block's output."""
+  def _join(self, branch: jax.Array, shortcut: jax.Array | None) -> jax.Array:
+    """relu(branch + shortcut), or relu(branch) in a plain network; records both."""
     self.sow("intermediates", "branch_out", branch)
-    out = nn.relu(branch + shortcut)
+    out = nn.relu(branch if shortcut is None else branch + shortcut)
     self.sow("intermediates", "block_out", out)
     return out
 
   def _is_identity(self, x_BxHxWxC: jax.Array) -> bool:
     return self.strides == 1 and x_BxHxWxC.shape[-1] == self.features
 
-  def _shortcut(self, x_BxHxWxC: jax.Array, train: bool) -> jax.Array:
+  def _shortcut(self, x_BxHxWxC: jax.Array, train: bool) -> jax.Array | None:
+    if self.shortcut == "none":
+      return None
     if self._is_identity(x_BxHxWxC):
       return x_BxHxWxC
     if self.shortcut == "A":
@@ -360,7 +374,8 @@ class CifarResNet(nn.Module):
     depth: 6n+2 (20, 32, 44, 56, 110, ...).
     norm: "batch", "none" or another of `layers.NORMS` (see its module docstring).
     shortcut: "A" (identity, stride-2 subsampling, zero-padded channels, the
-      paper's choice) or "B" (1x1 projection followed by the normalisation).
+      paper's choice), "B" (1x1 projection followed by the normalisation) or
+      "none" (He et al.'s plain network: each block is relu(branch(x))).
     initializer: name of the weight initialiser (see `layers.INITIALIZERS`); "fixup"
       ignores it and initialises as Fixup prescribes.
     num_classes: width of the classifier.
@@ -383,8 +398,10 @@ class CifarResNet(nn.Module):
     """Maps images (B, 32, 32, 3) to logits (B, num_classes), float32."""
     n = blocks_per_stage(self.depth)
     layers.check_norm(self.norm)
-    if self.shortcut not in ("A", "B"):
-      raise ValueError(f"Unknown shortcut option {self.shortcut!r}; use 'A' or 'B'.")
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f"Unknown shortcut option {self.shortcut!r}; use one of {list(SHORTCUTS)}.")
+    if self.shortcut == "none" and self.norm in RESIDUAL_ONLY_NORMS:
+      raise ValueError(f"norm {self.norm!r} needs a shortcut; use shortcut 'A' or 'B'.")
     fixup = self.norm == "fixup"
     kernel_init = layers.make_initializer("he_normal" if fixup else self.initializer)
     x = x_BxHxWxC.astype(self.dtype)
