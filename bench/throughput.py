@@ -47,6 +47,7 @@ import optax
 
 from bench import report, torch_baseline
 from bnjax import config as config_lib, data, executor as executor_lib, models, train
+from bnjax.models.layers import NORMS
 from bnjax.models.resnet import CifarResNet
 from bnjax.models.registry import DTYPES
 
@@ -108,7 +109,7 @@ def parse_args(argv: list[str]) -> Settings:
   p.add_argument("--dtypes", type=_strs, default=d.dtypes, help="compute dtypes: float32, bfloat16")
   p.add_argument("--scan_blocks", type=_bools, default=d.scan_blocks,
                  help="run each stage's repeated blocks as one nn.scan: true, false or both")
-  p.add_argument("--norm", default=d.norm, help="batch or none")
+  p.add_argument("--norm", default=d.norm, help=f"config.model.norm of both models, one of {NORMS}")
   p.add_argument("--batch", type=int, default=d.batch, help="images per step (shared by all members)")
   p.add_argument("--steps", type=int, default=d.steps, help="timed steps")
   p.add_argument("--repeats", type=int, default=d.repeats,
@@ -143,6 +144,8 @@ def _validate(s: Settings) -> None:
   for name in s.dtypes:
     if name not in DTYPES:
       raise SystemExit(f"Unknown dtype {name!r}; use some of {sorted(DTYPES)}.")
+  if s.norm not in NORMS:
+    raise SystemExit(f"Unknown norm {s.norm!r}; use one of {list(NORMS)}.")
   if min(s.members) < 1 or s.batch < 1 or s.steps < 1 or s.repeats < 1 or s.warmup < 0:
     raise SystemExit("--members, --batch, --steps and --repeats must be >= 1 and --warmup >= 0.")
   if s.min_round_s < 0:

@@ -1,14 +1,18 @@
 """The throughput benchmark runs end to end on tiny settings; the torch twin matches bnjax."""
 
 import json
+import re
 import subprocess
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from bench import report, throughput
+from bnjax.models.layers import NORMS
 
 from conftest import REPO
 
@@ -63,7 +67,22 @@ def _num_params(tree) -> int:
   return sum(x.size for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_bench_accepts_every_norm_of_bnjax_and_refuses_others_in_one_sentence():
+  for norm in NORMS:
+    assert throughput.parse_args([f"--norm={norm}"]).norm == norm
+  with pytest.raises(SystemExit, match=r"^Unknown norm 'instance'; use one of \[.*\]\.$"):
+    throughput.parse_args(["--norm=instance"])
+
+
+def test_torch_resnet_knows_the_norms_bnjax_knows():
+  pytest.importorskip("torch")
+  from bench import torch_resnet
+  assert torch_resnet.NORMS == NORMS
+  with pytest.raises(ValueError, match=r"^Unknown norm 'instance'; use one of \[.*\]\.$"):
+    torch_resnet.CifarResNet(8, "instance")
+
+
+@pytest.mark.parametrize("norm", NORMS)
 def test_torch_resnet_matches_bnjax_parameter_count(norm):
   pytest.importorskip("torch")
   from bench import torch_resnet
@@ -73,6 +92,104 @@ def test_torch_resnet_matches_bnjax_parameter_count(norm):
   if norm == "batch":
     assert expected == 269_722
   assert torch_resnet.num_parameters(torch_resnet.CifarResNet(20, norm)) == expected
+
+
+def _torch_name(path: str, n: int) -> str:
+  """The twin's name of bnjax's parameter `path` ("stage2_block00/conv_norm1/conv/kernel")."""
+  parts = path.split("/")
+  match = re.fullmatch(r"stage(\d)_block(\d+)", parts[0])
+  if match:  # stage s, block i is the twin's blocks[(s - 1) * n + i]
+    parts[:1] = ["blocks", str((int(match.group(1)) - 1) * n + int(match.group(2)))]
+  if parts[-1] == "kernel" or parts[-2:] == ["norm", "scale"]:
+    parts[-1] = "weight"
+  if parts[0] == "head_norm":  # bnjax's HeadNorm holds its BN as `norm`; the twin's is the BN
+    del parts[1]
+  return ".".join(parts)
+
+
+def _to_torch(path: str, value: np.ndarray) -> np.ndarray:
+  """A bnjax parameter in the twin's layout: conv kernels HWIO -> OIHW, dense (I, O) -> (O, I)."""
+  if path.endswith("kernel"):
+    return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+  return value
+
+
+def _random_params(shapes, rng: np.random.Generator) -> dict:
+  """Parameters of bnjax's shapes, all nonzero: kernels He-normal, scalars and vectors N(0, 1/4).
+
+  Random values rather than an initialisation make every parameter count,
+  Fixup's and SkipInit's zero-initialised ones and each scalar included.
+  """
+  def draw(leaf):
+    std = np.sqrt(2 / np.prod(leaf.shape[:-1])) if len(leaf.shape) >= 2 else 0.5
+    return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
+  return jax.tree.map(draw, shapes)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_torch_resnet_computes_what_bnjax_computes(norm):
+  """The same parameters in bnjax's ResNet-8 and in the twin give the same logits.
+
+  BN uses the batch's statistics, as in training.
+  """
+  torch = pytest.importorskip("torch")
+  from bench import torch_resnet
+  depth, rng = 8, np.random.default_rng(0)
+  model = throughput.make_model(depth, norm, "float32")
+  images = rng.standard_normal((4, 32, 32, 3)).astype(np.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+  params = _random_params(shapes, rng)
+  logits, _ = model.apply({"params": params}, images, train=True, mutable=["batch_stats"])
+
+  twin = torch_resnet.CifarResNet(depth, norm)
+  n = torch_resnet.blocks_per_stage(depth)
+  state = {_torch_name(path, n): torch.from_numpy(np.ascontiguousarray(_to_torch(path, value)))
+           for path, value in flax.traverse_util.flatten_dict(params, sep="/").items()}
+  assert set(state) == {name for name, _ in twin.named_parameters()}
+  twin.load_state_dict(state, strict=False)  # strict would also ask for BN's running statistics
+  twin.train()
+  with torch.no_grad():
+    twin_logits = twin(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+  scale = np.abs(np.asarray(logits)).max()
+  assert scale > 0.1
+  np.testing.assert_allclose(twin_logits, logits, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("norm", ["fixup", "skipinit"])
+def test_torch_resnet_fixup_and_skipinit_start_as_their_shortcut_path(norm):
+  torch = pytest.importorskip("torch")
+  from bench import torch_resnet
+  torch.manual_seed(0)
+  twin = torch_resnet.CifarResNet(14, norm)
+  images = torch.randn(2, 3, 32, 32)
+  with torch.no_grad():
+    x = torch.relu(twin.stem(images))
+    for block in twin.blocks:
+      assert torch.equal(block.branch(x), torch.zeros_like(block.shortcut(x)))
+      x = torch.relu(block.shortcut(x))
+    shortcut_logits = twin.classifier(x.mean(dim=(2, 3)))
+    logits = twin(images)
+  assert torch.equal(logits, shortcut_logits)
+  if norm == "fixup":  # the zero classifier: every logit starts at 0
+    assert not logits.any()
+  else:
+    assert logits.abs().max() > 0
+
+
+def test_torch_resnet_fixup_initialises_as_bnjax():
+  """Each branch's first conv He-normal times L^(-1/2), its second conv and the head zero."""
+  torch = pytest.importorskip("torch")
+  from bench import torch_resnet
+  torch.manual_seed(0)
+  twin = torch_resnet.CifarResNet(14, "fixup")
+  num_blocks = len(twin.blocks)
+  assert num_blocks == 6
+  for block in twin.blocks:
+    kernel = block.conv_norm1.conv.weight
+    assert kernel.std().item() == pytest.approx((2 / kernel[0].numel() / num_blocks) ** 0.5,
+                                                rel=0.1)
+    assert not block.conv_norm2.conv.weight.any() and block.scale.item() == 1
+  assert not twin.classifier.weight.any() and not twin.classifier.bias.any()
 
 
 def test_gpu_grid_covers_the_table_most_important_first():
