@@ -140,8 +140,9 @@ def test_smoke_sweep_end_to_end(tmp_path):
   """The README's first quick-start command, as a user runs it, on a third of its members.
 
   Seed 1 is the one whose no-BN member diverges at rate 0.3, and 0.05 is a
-  rate at which both arms train; the other members would add time and no
-  path. (A rerun with another config is refused: tests/test_checkpoint.py.)
+  rate at which both arms train to about the same accuracy (the paper's F1
+  at its small rate); the other members would add time and no path. (A
+  rerun with another config is refused: tests/test_checkpoint.py.)
   """
   workdir = tmp_path / "smoke"
   result = _main(workdir, "--config.sweep.seeds=(1,)", "--config.sweep.lrs=(0.05,0.3)")
@@ -160,7 +161,9 @@ def test_smoke_sweep_end_to_end(tmp_path):
   for record in final.values():
     assert {"train_loss", "train_accuracy", "grad_norm", "param_norm", "learning_rate",
             "test_loss", "test_accuracy", "lr", "seed", "norm"} <= set(record)
-  # BN at its best rate learns the synthetic task clearly.
-  assert max(final[m["member"]]["test_accuracy"] for m in bn) > 0.6
+  # BN learns the synthetic task at both rates, no BN at the smaller one as well.
+  assert min(final[m["member"]]["test_accuracy"] for m in bn) > 0.9
+  small_no_bn = [m for m in no_bn if m["lr"] == 0.05]
+  assert final[small_no_bn[0]["member"]]["test_accuracy"] > 0.9
   assert "images/s" in result.stderr and "ETA" in result.stderr
   assert os.path.getsize(workdir / "figures" / "accuracy.png") > 10_000
