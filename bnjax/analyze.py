@@ -1,18 +1,21 @@
 """Recomputes a training sweep's figures and analyses from its files.
 
-    python -m bnjax.analyze --workdir=DIR [--step=N] [--analyses=divergence,sgd_noise]
+    python -m bnjax.analyze --workdir=DIR [--step=N | --all_steps] [--analyses=divergence,...]
 
 Reads what `python -m bnjax.main --config=configs/lr_sweep.py --workdir=DIR`
 wrote: the accuracy figure (F1) is redrawn from metrics.jsonl; the members
 restored from the Orbax checkpoint at `--step` (default: the latest) are
 measured by each experiment named in `--analyses` (any of
 `bnjax.experiments` that can measure a checkpoint: divergence, sgd_noise,
-activations, gradients, random_matrix), with its default settings
+activations, gradients, random_matrix, ics, smoothness), with its default settings
 (`defaults()`) and the overrides below, on the training batch the members
 would train on next. One member per (arm, rate) is measured (the first
 seed, or `--seed`); diverged members are listed as such. Outputs:
 DIR/figures/accuracy.png, DIR/analysis/<name>_step<N>.json and the
-experiment's figures DIR/figures/<name>_step<N>*.png.
+experiment's figures DIR/figures/<name>_step<N>*.png. With `--all_steps`
+every kept checkpoint is measured: by the experiment's `from_workdir` where
+it has one (smoothness: one result over training, <name>_all_steps.json),
+else by `from_checkpoint` at each step (<name>_step<N>.json for every N).
 """
 
 import sys
@@ -28,6 +31,7 @@ DEFAULT_ANALYSES = ("divergence", "sgd_noise")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished or running sweep.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to analyse (default: the latest).")
+_ALL_STEPS = flags.DEFINE_bool("all_steps", False, "Analyse every kept checkpoint step.")
 _ANALYSES = flags.DEFINE_list("analyses", list(DEFAULT_ANALYSES),
                               "Experiments to measure the checkpoint with.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of the members to measure (default: the first).")
@@ -48,8 +52,8 @@ def _check_names(analyses: tuple[str, ...]) -> None:
                              f" {experiments.from_checkpoint_names()}.")
 
 
-def _check_seed(run: checkpoint.Run, seed: int | None) -> None:
-  seeds = list(run.config.sweep.seeds)
+def _check_seed(run_config: ml_collections.ConfigDict, seed: int | None) -> None:
+  seeds = list(run_config.sweep.seeds)
   if seed is not None and seed not in seeds:
     raise errors.ConfigError(f"--seed={seed} is not a seed of this run; use one of {seeds}.")
 
@@ -81,24 +85,65 @@ def analyze(workdir: str, step: int | None = None,
   if not analyses:
     return written
   run = checkpoint.load(workdir, step)
-  _check_seed(run, seed)
+  _check_seed(run.config, seed)
   dataset = data.load(run.config.data)
   for name in analyses:
-    experiment = experiments.get(name)
-    result = experiment.from_checkpoint(run, analysis_config(run.config, experiment, **overrides),
-                                        dataset, seed)
-    written += experiments.write(workdir, f"{name.rsplit('.', 1)[-1]}_step{run.step}", result,
-                                 experiment.figures)
+    written += _measure(workdir, name, run, dataset, seed, overrides)
   return written
+
+
+def analyze_all_steps(workdir: str, analyses: tuple[str, ...] = DEFAULT_ANALYSES,
+                      seed: int | None = None, **overrides: Any) -> list[str]:
+  """`analyze` at every kept checkpoint step; an experiment with `from_workdir` sees them at once."""
+  _check_names(analyses)
+  config = checkpoint.read_config(workdir)
+  written = train.figures(config, workdir)
+  steps = checkpoint.available_steps(workdir)
+  if not steps:
+    raise errors.WorkdirError(f"{workdir} has no complete checkpoint; train it first.")
+  _check_seed(config, seed)
+  whole = [n for n in analyses if hasattr(experiments.get(n), "from_workdir")]
+  for name in whole:
+    experiment = experiments.get(name)
+    result = experiment.from_workdir(workdir, analysis_config(config, experiment, **overrides),
+                                     seed)
+    written += experiments.write(workdir, f"{_stem(name)}_all_steps", result, experiment.figures)
+  per_step = [n for n in analyses if n not in whole]
+  if per_step:
+    dataset = data.load(config.data)
+    for step in steps:  # one restored step in memory at a time
+      run = checkpoint.load(workdir, step)
+      for name in per_step:
+        written += _measure(workdir, name, run, dataset, seed, overrides)
+  return written
+
+
+def _stem(name: str) -> str:
+  return name.rsplit(".", 1)[-1]
+
+
+def _measure(workdir: str, name: str, run: checkpoint.Run, dataset: data.Dataset,
+             seed: int | None, overrides: dict[str, Any]) -> list[str]:
+  """One experiment's measurement of `run`, written as <name>_step<N>; returns the files."""
+  experiment = experiments.get(name)
+  result = experiment.from_checkpoint(run, analysis_config(run.config, experiment, **overrides),
+                                      dataset, seed)
+  return experiments.write(workdir, f"{_stem(name)}_step{run.step}", result, experiment.figures)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
-    written = analyze(_WORKDIR.value, _STEP.value, tuple(_ANALYSES.value), _SEED.value,
-                      num_etas=_NUM_ETAS.value, pool_size=_POOL.value,
-                      num_train_batches=_BATCHES.value)
+    overrides = dict(num_etas=_NUM_ETAS.value, pool_size=_POOL.value,
+                     num_train_batches=_BATCHES.value)
+    if _ALL_STEPS.value and _STEP.value is not None:
+      raise errors.ConfigError("--step and --all_steps both choose the steps; give one of them.")
+    if _ALL_STEPS.value:
+      written = analyze_all_steps(_WORKDIR.value, tuple(_ANALYSES.value), _SEED.value, **overrides)
+    else:
+      written = analyze(_WORKDIR.value, _STEP.value, tuple(_ANALYSES.value), _SEED.value,
+                        **overrides)
   except errors.BnjaxError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -19,6 +19,13 @@ and, when it can measure the members of a trained sweep,
     figures(result, workdir, stem) -> list[str]
         Draws its figures from a result and returns their paths.
 
+and, when its result spans a sweep's checkpoints rather than one,
+
+    from_workdir(workdir, config, seed) -> dict
+        The measurement of every checkpoint of the sweep in `workdir`
+        (`python -m bnjax.analyze --all_steps`); without it, `--all_steps`
+        measures each checkpoint on its own with `from_checkpoint`.
+
 Importing this package imports no experiment.
 """
 
