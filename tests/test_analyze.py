@@ -5,9 +5,11 @@ import os
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
-from bnjax import analyze, config as config_lib, errors, experiments
+from bnjax import analyze, config as config_lib, data, errors, experiments
+from bnjax.experiments import _members
 
 from conftest import tiny_config
 
@@ -133,3 +135,20 @@ def test_an_unknown_job_is_one_sentence():
   config.job = "no_such_experiment"
   with pytest.raises(errors.ConfigError, match="Unknown job 'no_such_experiment'"):
     config_lib.validate(config)
+
+
+def test_analyses_measure_on_the_batch_the_members_stream_gives_them_next():
+  """With per-seed streams an analysis of seed s at step t sees batch t of
+  stream s, as the loop would train it; with one shared stream the seed plays
+  no part."""
+  config = tiny_config()
+  dataset = data.synthetic(0, 64, 16)
+  shared = _members.train_batch(config, dataset, 3, seed=1)
+  np.testing.assert_array_equal(shared[0], _members.train_batch(config, dataset, 3)[0])
+  config.train.data_stream = "per_seed"
+  own = _members.train_batch(config, dataset, 3, seed=1)
+  expected = data.train_batch(dataset, config.train.data_seed, 3, config.train.batch_size,
+                              config.data.augmentation, 1)
+  np.testing.assert_array_equal(own[0], expected[0])
+  np.testing.assert_array_equal(own[1], expected[1])
+  assert not np.array_equal(own[0], shared[0])

@@ -108,10 +108,17 @@ def trainer(config: ml_collections.ConfigDict, model: nn.Module
 
 
 def train_batch(config: ml_collections.ConfigDict, dataset: data.Dataset, step: int,
-                batch_size: int | None = None) -> tuple[jax.Array, jax.Array]:
-  """Training batch `step` of the config's data stream: images (B, 32, 32, 3), labels (B,)."""
+                batch_size: int | None = None, seed: int | None = None
+                ) -> tuple[jax.Array, jax.Array]:
+  """Training batch `step` of the config's data stream: images (B, 32, 32, 3), labels (B,).
+
+  With `train.data_stream="per_seed"` and a `seed`, the batch of that seed's
+  own stream: the one the loop gives its members at `step`. Without a seed
+  (several seeds measured on one batch), the shared stream's.
+  """
+  stream = seed if config.train.data_stream == "per_seed" else None
   return data.train_batch(dataset, config.train.data_seed, step,
-                          batch_size or config.train.batch_size, config.data.augmentation)
+                          batch_size or config.train.batch_size, config.data.augmentation, stream)
 
 
 def with_rate(config: ml_collections.ConfigDict, subject: Subject, lr: float) -> Subject:
@@ -123,7 +130,7 @@ def with_rate(config: ml_collections.ConfigDict, subject: Subject, lr: float) ->
 def stepped(config: ml_collections.ConfigDict, dataset: data.Dataset, subject: Subject,
             step_fn: Callable) -> Subject:
   """`subject` after one `step_fn` update on training batch `subject.step`."""
-  images, labels = train_batch(config, dataset, subject.step)
+  images, labels = train_batch(config, dataset, subject.step, seed=subject.seed)
   state, _ = step_fn(subject.state, images, labels, jnp.asarray(subject.step, jnp.int32))
   return dataclasses.replace(subject, state=state, step=subject.step + 1)
 
@@ -171,20 +178,21 @@ def entry_points(name: str, measure: Callable[..., dict[str, Any]],
                  figures: Callable[..., list[str]]) -> tuple[Callable, Callable]:
   """`run` and `from_checkpoint` of an experiment that measures members as they are.
 
-  `measure(config, subjects, dataset, step)` gets every member at
-  initialisation (step 0), or one seed's live members of a checkpoint at
-  its step, and measures them on training batch `step` (`train_batch`):
-  the batch they would train on next.
+  `measure(config, subjects, dataset, step, seed)` gets every member at
+  initialisation (step 0, seed None), or one seed's live members of a
+  checkpoint at its step, and measures them on training batch `step` of
+  that seed's stream (`train_batch`): the batch they would train on next.
   """
   def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     dataset = load_then_prepare(config, workdir)
-    result = measure(config, at_init(config), dataset, 0)
+    result = measure(config, at_init(config), dataset, 0, None)
     experiments.write(workdir, name, result, figures)
     return result
 
   def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
                       dataset: data.Dataset, seed: int | None = None) -> dict[str, Any]:
-    return measure(config, live_at_checkpoint(run_, seed), dataset, run_.step)
+    seed = run_.config.sweep.seeds[0] if seed is None else seed
+    return measure(config, live_at_checkpoint(run_, seed), dataset, run_.step, seed)
 
   return run, from_checkpoint
 

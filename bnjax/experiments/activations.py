@@ -37,13 +37,13 @@ def channel_summary(values_C: np.ndarray) -> dict[str, float]:
 
 
 def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subject],
-            dataset: data.Dataset, step: int) -> dict[str, Any]:
+            dataset: data.Dataset, step: int, seed: int | None = None) -> dict[str, Any]:
   """Every subject's F6 moments, signal propagation, layer statistics and F5 update.
 
   On training batch `step`, the one the subjects (all at that step) train on next.
   """
   a = config.analysis
-  images, labels = _members.train_batch(config, dataset, step)
+  images, labels = _members.train_batch(config, dataset, step, seed=seed)
   fractions = jnp.linspace(0.0, 1.0, a.num_fractions)
   def analysis(model, variables, x, y):
     return (act.moments_vs_depth(model, variables, x), act.signal_propagation(model, variables, x),

@@ -103,7 +103,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for _ in range(max(config.analysis.minibatches)):
       if subject.step + 1 in config.analysis.minibatches:
         _members.grouped(arms, subject, "lines").append(
-            measure(config, subject, *_members.train_batch(config, dataset, subject.step)))
+            measure(config, subject, *_members.train_batch(config, dataset, subject.step,
+                                                           seed=subject.seed)))
       subject = _members.stepped(config, dataset, subject, step_fn)
   result = _result(config, arms)
   experiments.write(workdir, "divergence", result, figures)
@@ -113,7 +114,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
                     dataset: data.Dataset, seed: int | None = None) -> dict[str, Any]:
   """Each live member of `seed` on the minibatch it would train on next (batch `run_.step`)."""
-  images, labels = _members.train_batch(config, dataset, run_.step)
+  seed = run_.config.sweep.seeds[0] if seed is None else seed
+  images, labels = _members.train_batch(config, dataset, run_.step, seed=seed)
   arms: dict[str, dict[str, Any]] = {}
   skipped = []
   for subject in _members.at_checkpoint(run_, seed):

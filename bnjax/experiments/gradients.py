@@ -40,13 +40,13 @@ def histogram(values: np.ndarray, bins: int = 81) -> dict[str, Any]:
 
 
 def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subject],
-            dataset: data.Dataset, step: int) -> dict[str, Any]:
+            dataset: data.Dataset, step: int, seed: int | None = None) -> dict[str, Any]:
   """Every subject's gradient summary; the first of each arm keeps its F7 heatmap.
 
   On training batch `step`, the one the subjects (all at that step) train on next.
   """
   layer = config.analysis.histogram_layer
-  images, labels = _members.train_batch(config, dataset, step)
+  images, labels = _members.train_batch(config, dataset, step, seed=seed)
   summary = lambda model, variables, x, y: grad.gradient_summary(model, variables, x, y, layer)
   members, seen = [], set()
   for subject, out in _members.measure_each(subjects, summary, images, labels):

@@ -46,7 +46,7 @@ def measure_subject(config: ml_collections.ConfigDict, subject: _members.Subject
   names = ics.layer_names(subject.model, subject.variables["params"])
   lines = []
   for k in range(config.analysis.num_minibatches):
-    images, labels = _members.train_batch(config, dataset, subject.step + k)
+    images, labels = _members.train_batch(config, dataset, subject.step + k, seed=subject.seed)
     out = jax.device_get(_SHIFT(subject.model, subject.variables, images, labels,
                                 np.float32(eta)))
     line = {**subject.identity(), "lr": eta, "minibatch": k, "loss": out["loss"],
@@ -59,8 +59,8 @@ def measure_subject(config: ml_collections.ConfigDict, subject: _members.Subject
 
 
 def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subject],
-            dataset: data.Dataset, step: int) -> dict[str, Any]:
-  """Every subject (all at `step`) at the rate of its next step.
+            dataset: data.Dataset, step: int, seed: int | None = None) -> dict[str, Any]:
+  """Every subject (all at `step`) at the rate of its next step, on its own stream's batches.
 
   That is its base rate times the schedule's; at initialisation, its arm's rate.
   """

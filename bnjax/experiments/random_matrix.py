@@ -42,14 +42,14 @@ def products(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subject],
-            dataset: data.Dataset, step: int) -> dict[str, Any]:
+            dataset: data.Dataset, step: int, seed: int | None = None) -> dict[str, Any]:
   """The products' spectra and every subject's Jacobian spectrum.
 
   On the first `jacobian_batch` images of training batch `step`, the one the
   subjects (all at that step) train on next.
   """
   a = config.analysis
-  images, _ = _members.train_batch(config, dataset, step, a.jacobian_batch)
+  images, _ = _members.train_batch(config, dataset, step, a.jacobian_batch, seed=seed)
   spectrum = lambda model, variables, x: rm.jacobian_singular_values(model, variables, x, a.chunk)
   jacobian = [{**subject.identity(), **out}
               for subject, out in _members.measure_each(subjects, spectrum, images)]

@@ -115,9 +115,7 @@ def selected(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subj
 def next_batch(config: ml_collections.ConfigDict, dataset: data.Dataset,
                subject: _members.Subject) -> tuple[jax.Array, jax.Array]:
   """The training batch the subject would train on next: batch `step` of its data stream."""
-  stream = subject.seed if config.train.data_stream == "per_seed" else None
-  return data.train_batch(dataset, config.train.data_seed, subject.step,
-                          config.train.batch_size, config.data.augmentation, stream)
+  return _members.train_batch(config, dataset, subject.step, seed=subject.seed)
 
 
 def summarize(line: dict[str, Any]) -> dict[str, Any]:
