@@ -48,7 +48,7 @@ import optax
 from bench import report, torch_baseline
 from bnjax import config as config_lib, data, executor as executor_lib, models, train
 from bnjax.models.layers import NORMS
-from bnjax.models.resnet import CifarResNet
+from bnjax.models.resnet import RESIDUAL_ONLY_NORMS, SHORTCUTS, CifarResNet
 from bnjax.models.registry import DTYPES
 
 
@@ -62,6 +62,7 @@ class Settings:
   dtypes: tuple[str, ...] = ("float32",)
   scan_blocks: tuple[bool, ...] = (False,)
   norm: str = "batch"
+  shortcut: str = "A"
   batch: int = 128
   steps: int = 5
   warmup: int = 2
@@ -110,6 +111,8 @@ def parse_args(argv: list[str]) -> Settings:
   p.add_argument("--scan_blocks", type=_bools, default=d.scan_blocks,
                  help="run each stage's repeated blocks as one nn.scan: true, false or both")
   p.add_argument("--norm", default=d.norm, help=f"config.model.norm of both models, one of {NORMS}")
+  p.add_argument("--shortcut", default=d.shortcut,
+                 help=f"config.model.shortcut of both models, one of {SHORTCUTS}")
   p.add_argument("--batch", type=int, default=d.batch, help="images per step (shared by all members)")
   p.add_argument("--steps", type=int, default=d.steps, help="timed steps")
   p.add_argument("--repeats", type=int, default=d.repeats,
@@ -146,6 +149,10 @@ def _validate(s: Settings) -> None:
       raise SystemExit(f"Unknown dtype {name!r}; use some of {sorted(DTYPES)}.")
   if s.norm not in NORMS:
     raise SystemExit(f"Unknown norm {s.norm!r}; use one of {list(NORMS)}.")
+  if s.shortcut not in SHORTCUTS:
+    raise SystemExit(f"Unknown shortcut {s.shortcut!r}; use one of {list(SHORTCUTS)}.")
+  if s.shortcut == "none" and s.norm in RESIDUAL_ONLY_NORMS:
+    raise SystemExit(f"--norm={s.norm} needs a shortcut; use --shortcut=A or --shortcut=B.")
   if min(s.members) < 1 or s.batch < 1 or s.steps < 1 or s.repeats < 1 or s.warmup < 0:
     raise SystemExit("--members, --batch, --steps and --repeats must be >= 1 and --warmup >= 0.")
   if s.min_round_s < 0:
@@ -215,10 +222,14 @@ def train_config(s: Settings) -> dict[str, Any]:
   return config
 
 
-def make_model(depth: int, norm: str, dtype: str, scan_blocks: bool = False) -> CifarResNet:
-  """The training default ResNet (config.model) at this depth and norm, built as a run does."""
+def make_model(depth: int, norm: str, dtype: str, scan_blocks: bool = False,
+               shortcut: str = "A") -> CifarResNet:
+  """The training default ResNet (config.model) at this depth, norm and shortcut.
+
+  Built as a run builds it.
+  """
   model_config = {**config_lib.base_config().model.to_dict(), "depth": depth, "norm": norm,
-                  "scan_blocks": scan_blocks}
+                  "shortcut": shortcut, "scan_blocks": scan_blocks}
   return models.make_model(model_config, num_classes=data.NUM_CLASSES, dtype=dtype)
 
 
@@ -236,15 +247,15 @@ def _block(*trees: Any) -> None:
 
 
 @functools.cache
-def arm_step(depth: int, norm: str, dtype: str, scan: bool, loop: int | None, batch: int,
-             augmentation: bool) -> Callable[..., Any]:
+def arm_step(depth: int, norm: str, shortcut: str, dtype: str, scan: bool, loop: int | None,
+             batch: int, augmentation: bool) -> Callable[..., Any]:
   """The jitted arm step of this model and member loop, one for all executors of a run.
 
   A training run builds one step per arm and calls it on every chunk; here
   executors that pass it the same shapes reuse its compiled program too.
   """
   config = train_config(Settings(batch=batch))
-  return train.make_arm_step(make_model(depth, norm, dtype, scan), optimizer(), config,
+  return train.make_arm_step(make_model(depth, norm, dtype, scan, shortcut), optimizer(), config,
                              augmentation, loop)
 
 
@@ -324,8 +335,8 @@ def prepare(dataset: data.Dataset, model: CifarResNet, dtype: str, members: int,
   states = train.init_arm(model, tx, tuple(range(members)), jnp.full((members,), 0.1))
   size = executor_lib.chunk_size(executor, members, s.chunk_size)
   loop = executor_lib.loop_members(executor, s.map_batch_size)
-  step_fn = arm_step(model.depth, model.norm, dtype, model.scan_blocks, loop, s.batch,
-                     s.augmentation)
+  step_fn = arm_step(model.depth, model.norm, model.shortcut, dtype, model.scan_blocks, loop,
+                     s.batch, s.augmentation)
   arm = executor_lib.ArmExecutor.create(step_fn, train.make_arm_eval(model, s.batch), states, size)
   _block(arm.chunks)
   programs, hits = _programs(step_fn), CacheHits.count
@@ -368,7 +379,7 @@ def measure_group(dataset: data.Dataset, depth: int, members: int, dtype: str, s
   An executor whose arm cannot be built or stepped (out of device memory,
   say) gets a record with its `error` instead, and the others go on.
   """
-  model = make_model(depth, s.norm, dtype, scan)
+  model = make_model(depth, s.norm, dtype, scan, s.shortcut)
   contenders, failed = [], []
   for ex in s.executors:
     try:
@@ -388,10 +399,11 @@ def _error_record(executor: str, depth: int, members: int, dtype: str, scan: boo
                   s: Settings, error: Exception) -> dict[str, Any]:
   """The record of an executor that could not run: what it was and why (first line)."""
   message = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
-  return {"framework": "bnjax", "depth": depth, "norm": s.norm, "members": members,
-          "executor": executor, "resolved_executor": executor_lib.resolve(executor),
-          "dtype": dtype, "precision": matmul_precision(), "scan_blocks": scan,
-          "batch": s.batch, "error": message}
+  return {"framework": "bnjax", "depth": depth, "norm": s.norm, "shortcut": s.shortcut,
+          "members": members, "executor": executor,
+          "resolved_executor": executor_lib.resolve(executor), "dtype": dtype,
+          "precision": matmul_precision(), "scan_blocks": scan, "batch": s.batch,
+          "error": message}
 
 
 def _record(c: Contender, depth: int, members: int, dtype: str, scan: bool,
@@ -400,8 +412,9 @@ def _record(c: Contender, depth: int, members: int, dtype: str, scan: bool,
   input_s = time_input(dataset, s, len(c.arm.chunks))
   memory, source = peak_memory()
   return {
-      "framework": "bnjax", "depth": depth, "norm": s.norm, "members": members,
-      "executor": c.executor, "resolved_executor": executor_lib.resolve(c.executor),
+      "framework": "bnjax", "depth": depth, "norm": s.norm, "shortcut": s.shortcut,
+      "members": members, "executor": c.executor,
+      "resolved_executor": executor_lib.resolve(c.executor),
       "members_per_call": c.size, "calls_per_step": len(c.arm.chunks), "dtype": dtype,
       "precision": matmul_precision(), "new_programs": c.new_programs,
       "cache_hits": c.cache_hits,
@@ -438,10 +451,11 @@ def measure_torch(depth: int, members: int, dtype: str, s: Settings) -> dict[str
   """The PyTorch baseline record for (depth, M, dtype), measured in its own process."""
   result = torch_baseline.measure_in_subprocess(
       depth, s.norm, members, dtype, s.batch, s.warmup, s.steps, s.torch_compile, s.repeats,
-      matmul_precision(), s.min_round_s)
+      matmul_precision(), s.min_round_s, s.shortcut)
   memory, source = result.pop("peak_memory")
-  return {"depth": depth, "norm": s.norm, "members": members, "executor": "one after another",
-          "dtype": dtype, "batch": s.batch, "timed_steps": s.steps, "repeats": s.repeats,
+  return {"depth": depth, "norm": s.norm, "shortcut": s.shortcut, "members": members,
+          "executor": "one after another", "dtype": dtype, "batch": s.batch,
+          "timed_steps": s.steps, "repeats": s.repeats,
           "peak_memory_bytes": memory, "peak_memory_source": source, **result}
 
 
@@ -489,9 +503,10 @@ def _torch_or_error(depth: int, members: int, dtype: str, s: Settings) -> dict[s
     return measure_torch(depth, members, dtype, s)
   except RuntimeError as e:
     lines = [l for l in str(e).splitlines() if l.strip()]
-    return {"framework": "torch", "depth": depth, "norm": s.norm, "members": members,
-            "executor": "one after another", "dtype": dtype, "precision": matmul_precision(),
-            "batch": s.batch, "error": (lines[-1] if lines else "failed")[:300]}
+    return {"framework": "torch", "depth": depth, "norm": s.norm, "shortcut": s.shortcut,
+            "members": members, "executor": "one after another", "dtype": dtype,
+            "precision": matmul_precision(), "batch": s.batch,
+            "error": (lines[-1] if lines else "failed")[:300]}
 
 
 def compile_times(s: Settings) -> list[dict[str, Any]]:
@@ -503,7 +518,7 @@ def compile_times(s: Settings) -> list[dict[str, Any]]:
       data.Split(shape((s.batch, *data.IMAGE_SHAPE), jnp.uint8), shape((s.batch,), jnp.int32)),
       shape((3,), jnp.float32), shape((3,), jnp.float32))
   for depth, dtype, members, scan in itertools.product(s.depths, s.dtypes, s.members, s.scan_blocks):
-    model = make_model(depth, s.norm, dtype, scan)
+    model = make_model(depth, s.norm, dtype, scan, s.shortcut)
     tx = optimizer()
     states = train.abstract_arm(model, tx, members)
     step_fn = train.make_arm_step(model, tx, train_config(s), s.augmentation)
@@ -514,9 +529,9 @@ def compile_times(s: Settings) -> list[dict[str, Any]]:
     lowered.compile()
     compile_s = time.perf_counter() - start - lower_s
     record = {"framework": "bnjax", "mode": "compile_only", "depth": depth, "norm": s.norm,
-              "members": members, "executor": "vmap", "dtype": dtype, "scan_blocks": scan,
-              "precision": matmul_precision(), "batch": s.batch, "lower_time_s": lower_s,
-              "compile_time_s": compile_s}
+              "shortcut": s.shortcut, "members": members, "executor": "vmap", "dtype": dtype,
+              "scan_blocks": scan, "precision": matmul_precision(), "batch": s.batch,
+              "lower_time_s": lower_s, "compile_time_s": compile_s}
     print(report.row(record), flush=True)
     records.append(record)
   return records

@@ -44,11 +44,13 @@ def _synchronize(device: str) -> None:
     torch.cuda.synchronize()
 
 
-def _make_member(depth: int, norm: str, device: str, seed: int) -> tuple[Any, Any]:
+def _make_member(depth: int, norm: str, shortcut: str, device: str,
+                 seed: int) -> tuple[Any, Any]:
   import torch
   from bench import torch_resnet
   torch.manual_seed(seed)
-  model = torch_resnet.CifarResNet(depth, norm).to(device, memory_format=torch.channels_last)
+  model = torch_resnet.CifarResNet(depth, norm, shortcut).to(
+      device, memory_format=torch.channels_last)
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
   return model, opt
 
@@ -123,8 +125,11 @@ def set_precision(precision: str) -> bool:
 
 def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
             warmup: int, steps: int, use_compile: bool = True, repeats: int = 1,
-            precision: str = "default", min_round_s: float = 0.0) -> dict[str, Any]:
+            precision: str = "default", min_round_s: float = 0.0,
+            shortcut: str = "A") -> dict[str, Any]:
   """Times `steps` steps of each of M members run one after another, `repeats` times.
+
+  `norm` and `shortcut` are bnjax's config.model fields (`torch_resnet`).
 
   A step is one step of every member; its time is the median over the
   rounds, and images/s is aggregated over members: M * batch / step time.
@@ -140,7 +145,7 @@ def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
   images = torch.randn(batch, 3, 32, 32, generator=gen).to(
       device, memory_format=torch.channels_last)
   labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
-  members = [_make_member(depth, norm, device, seed) for seed in range(num_members)]
+  members = [_make_member(depth, norm, shortcut, device, seed) for seed in range(num_members)]
   step_fns, compiled, note, first_s = _first_calls(
       members, images, labels, dtype, device, use_compile)
   warmup = max(warmup, MIN_WARMUP)
@@ -175,7 +180,7 @@ def measure(depth: int, norm: str, num_members: int, dtype: str, batch: int,
 def measure_in_subprocess(depth: int, norm: str, num_members: int, dtype: str, batch: int,
                           warmup: int, steps: int, use_compile: bool = True,
                           repeats: int = 1, precision: str = "default",
-                          min_round_s: float = 0.0) -> dict[str, Any]:
+                          min_round_s: float = 0.0, shortcut: str = "A") -> dict[str, Any]:
   """`measure` in a fresh Python process, and its record.
 
   A process of its own keeps torch's threads from competing with the thread
@@ -183,7 +188,7 @@ def measure_in_subprocess(depth: int, norm: str, num_members: int, dtype: str, b
   memory (max RSS on CPU) the baseline's alone.
   """
   args = json.dumps([depth, norm, num_members, dtype, batch, warmup, steps, use_compile,
-                     repeats, precision, min_round_s])
+                     repeats, precision, min_round_s, shortcut])
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run([sys.executable, "-m", "bench.torch_baseline", args], cwd=root,
                         capture_output=True, text=True, check=False)

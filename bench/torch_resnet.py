@@ -2,9 +2,18 @@
 
 Same architecture as bnjax's model so that throughput comparisons are fair:
 a 3x3 stem with 16 channels, three stages of n basic blocks at 16/32/64
-channels, option A shortcuts (stride-2 subsampling and zero-padded
-channels), global average pooling and one linear classifier, with every
-value of bnjax's `model.norm` (`NORMS`; bnjax/models/layers.py defines them):
+channels, global average pooling and one linear classifier, with every
+value of bnjax's `model.shortcut` (`SHORTCUTS`):
+
+* "A": identity, or stride-2 subsampling and zero-padded channels where the
+  shape changes.
+* "B": identity, or a 1x1 projection conv (`projection`) followed by the
+  stage's normalisation layer where the shape changes.
+* "none": He et al.'s plain network, every block relu(branch(x)); "fixup"
+  and "skipinit" refuse it, as bnjax does.
+
+and with every value of bnjax's `model.norm` (`NORMS`; bnjax/models/layers.py
+defines them):
 
 * "batch": BatchNorm2d after every convolution, PyTorch's defaults
   (momentum 0.1, eps 1e-5), which are bnjax's.
@@ -15,7 +24,8 @@ value of bnjax's `model.norm` (`NORMS`; bnjax/models/layers.py defines them):
 * "fixup": Fixup (`BasicBlock.fixup_branch`): bias-free convolutions, scalar
   biases (0) and one scalar multiplier (1) per branch, the branch's first
   conv He-normal times L^(-1/2) (L = 3n blocks), its second conv and the
-  classifier zero, and scalar biases after the stem and before the head.
+  classifier zero, and scalar biases after the stem and before the head. A
+  projection takes x + bias1a and stays plain He-normal.
 * "skipinit": "none" with a scalar alpha (0) multiplying each branch.
 * "batch_first", "batch_last", "batch_head": BN in the stem and stage 1, in
   stage 3, or only as a BatchNorm1d of the pooled features; "none" elsewhere.
@@ -23,7 +33,7 @@ value of bnjax's `model.norm` (`NORMS`; bnjax/models/layers.py defines them):
 Kernels are He-normal (bnjax's initializer "he_normal"; its default is
 Glorot-uniform, which changes no step time), biases zero, norm scales 1 and
 shifts 0, and Fixup's parts as bnjax initialises them. Module names
-follow bnjax's (`stem.conv`, `conv_norm1.norm`, `alpha`, `bias1a`, ...), so
+follow bnjax's (`stem.conv`, `conv_norm1.norm`, `projection.conv`, `alpha`, ...), so
 its parameters map one to one onto these (kernels HWIO -> OIHW).
 
 Only the benchmark imports this module; bnjax itself never imports torch,
@@ -41,6 +51,9 @@ NORMS = ("batch", "none", "layer", "group", "fixup", "skipinit",
          "batch_first", "batch_last", "batch_head")
 # Where the partial-BN arms put batch norm: 0 is the stem, 1..3 the stages.
 _BN_STAGES = {"batch_first": (0, 1), "batch_last": (3,), "batch_head": ()}
+# bnjax.models.resnet.SHORTCUTS and RESIDUAL_ONLY_NORMS (a test keeps them equal).
+SHORTCUTS = ("A", "B", "none")
+RESIDUAL_ONLY_NORMS = ("fixup", "skipinit")
 GROUPS = 32  # Wu & He (2018), as bnjax's "group"
 EPS = 1e-5
 
@@ -56,6 +69,14 @@ def check_norm(norm: str) -> None:
   """Raises ValueError, in bnjax's words, unless `norm` is one of `NORMS`."""
   if norm not in NORMS:
     raise ValueError(f"Unknown norm {norm!r}; use one of {list(NORMS)}.")
+
+
+def check_shortcut(shortcut: str, norm: str) -> None:
+  """Raises ValueError, in bnjax's words, for an unknown `shortcut` or one `norm` cannot use."""
+  if shortcut not in SHORTCUTS:
+    raise ValueError(f"Unknown shortcut option {shortcut!r}; use one of {list(SHORTCUTS)}.")
+  if shortcut == "none" and norm in RESIDUAL_ONLY_NORMS:
+    raise ValueError(f"norm {norm!r} needs a shortcut; use shortcut 'A' or 'B'.")
 
 
 def stage_norm(norm: str, stage: int) -> str:
@@ -80,20 +101,21 @@ def scalar(value: float) -> nn.Parameter:
 
 
 class ConvNorm(nn.Module):
-  """A 3x3 convolution followed by `norm` ("batch", "layer", "group" or "none").
+  """A 3x3 (or 1x1) convolution followed by `norm` ("batch", "layer", "group" or "none").
 
   The convolution carries a bias unless the normalisation has its own shift,
   or `bias` says otherwise (Fixup's convolutions have none).
   """
 
   def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str,
-               bias: bool | None = None):
+               bias: bool | None = None, kernel_size: int = 3):
     super().__init__()
     if norm not in ("batch", "layer", "group", "none"):
       raise ValueError(f"Unknown normalisation layer {norm!r}; use 'batch', 'layer', 'group'"
                        " or 'none'.")
     bias = norm == "none" if bias is None else bias
-    self.conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=bias)
+    self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
+                          bias=bias)
     if norm == "batch":
       self.norm = nn.BatchNorm2d(out_channels, eps=EPS, momentum=0.1)
     elif norm == "layer":
@@ -108,15 +130,18 @@ class ConvNorm(nn.Module):
 
 
 class BasicBlock(nn.Module):
-  """Two ConvNorms with a ReLU between them, plus the option A shortcut.
+  """Two ConvNorms with a ReLU between them, plus the shortcut ("A", "B" or "none").
 
   `norm` is the stage's (`stage_norm`); `num_blocks` is L, the network's
-  number of blocks, which sets Fixup's initial scale.
+  number of blocks, which sets Fixup's initial scale. Under shortcut "B" a
+  block whose shape changes holds a 1x1 ConvNorm `projection`, bias-free
+  under Fixup, as bnjax's.
   """
 
   def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str,
-               num_blocks: int = 1):
+               num_blocks: int = 1, shortcut: str = "A"):
     super().__init__()
+    check_shortcut(shortcut, norm)
     self.fixup, self.skipinit = norm == "fixup", norm == "skipinit"
     layer_norm, bias = conv_norm(norm), False if self.fixup else None
     self.conv_norm1 = ConvNorm(in_channels, out_channels, stride, layer_norm, bias)
@@ -124,6 +149,10 @@ class BasicBlock(nn.Module):
     self.stride = stride
     self.extra = out_channels - in_channels
     self.num_blocks = num_blocks
+    self.shortcut_option = shortcut
+    if shortcut == "B" and not self.is_identity():
+      self.projection = ConvNorm(in_channels, out_channels, stride, layer_norm, bias,
+                                 kernel_size=1)
     if self.skipinit:
       self.alpha = scalar(0.0)
     if self.fixup:
@@ -131,13 +160,21 @@ class BasicBlock(nn.Module):
       self.scale, self.bias2b = scalar(1.0), scalar(0.0)
 
   def is_identity(self) -> bool:
-    """True when the shortcut passes its input through unchanged."""
+    """True when the shape does not change, so shortcuts "A" and "B" pass the input through."""
     return self.stride == 1 and self.extra == 0
 
-  def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-    """Option A: stride-2 subsampling and zero-padded channels where the shape changes."""
+  def shortcut(self, x: torch.Tensor) -> torch.Tensor | None:
+    """The shortcut path of `x`, or None in a plain network (shortcut "none").
+
+    Where the shape changes, "A" subsamples with stride 2 and zero-pads the
+    channels, and "B" is the 1x1 projection and its normalisation.
+    """
+    if self.shortcut_option == "none":
+      return None
     if self.is_identity():
       return x
+    if self.shortcut_option == "B":
+      return self.projection(x)
     x = x[:, :, ::self.stride, ::self.stride]
     return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
@@ -155,17 +192,24 @@ class BasicBlock(nn.Module):
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     # Fixup's shortcut takes x + bias1a where it is not the identity, as bnjax's.
-    skip = x + self.bias1a if self.fixup and not self.is_identity() else x
-    return F.relu(self.branch(x) + self.shortcut(skip))
+    skip = self.shortcut(x + self.bias1a if self.fixup and not self.is_identity() else x)
+    y = self.branch(x)
+    return F.relu(y if skip is None else y + skip)
 
 
 class CifarResNet(nn.Module):
-  """ResNet-(6n+2) for 32x32 images in NCHW (use channels_last memory format)."""
+  """ResNet-(6n+2) for 32x32 images in NCHW (use channels_last memory format).
 
-  def __init__(self, depth: int = 20, norm: str = "batch", num_classes: int = 10):
+  `norm` and `shortcut` take bnjax's values (`NORMS`, `SHORTCUTS`) and
+  refuse what bnjax refuses, in its words.
+  """
+
+  def __init__(self, depth: int = 20, norm: str = "batch", shortcut: str = "A",
+               num_classes: int = 10):
     super().__init__()
     n = blocks_per_stage(depth)
     check_norm(norm)
+    check_shortcut(shortcut, norm)
     self.norm = norm
     fixup = norm == "fixup"
     self.stem = ConvNorm(3, STAGE_WIDTHS[0], 1, conv_norm(stage_norm(norm, 0)),
@@ -174,7 +218,8 @@ class CifarResNet(nn.Module):
     for stage, width in enumerate(STAGE_WIDTHS):
       for i in range(n):
         blocks.append(BasicBlock(in_channels, width, 2 if stage > 0 and i == 0 else 1,
-                                 stage_norm(norm, stage + 1), num_blocks=3 * n))
+                                 stage_norm(norm, stage + 1), num_blocks=3 * n,
+                                 shortcut=shortcut))
         in_channels = width
     self.blocks = nn.Sequential(*blocks)
     if fixup:
@@ -189,8 +234,9 @@ class CifarResNet(nn.Module):
 
     Biases are zero and norm scales 1, shifts 0. Under Fixup each branch's
     first conv is scaled by L^(-1/2) and its second conv and the classifier
-    are zero, so every branch and every logit start at 0; the scalar
-    parameters keep the values they were made with.
+    are zero, so every branch and every logit start at 0; projections
+    (outside the branch) stay plain He-normal, and the scalar parameters
+    keep the values they were made with.
     """
     for module in self.modules():
       if isinstance(module, (nn.Conv2d, nn.Linear)):

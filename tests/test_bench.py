@@ -1,5 +1,6 @@
 """The throughput benchmark runs end to end on tiny settings; the torch twin matches bnjax."""
 
+import inspect
 import json
 import re
 import subprocess
@@ -11,10 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import report, throughput
+from bench import report, throughput, torch_baseline
+from bnjax.models import resnet
 from bnjax.models.layers import NORMS
 
 from conftest import REPO
+
+# Every (norm, shortcut) bnjax builds: all but Fixup and SkipInit without a shortcut.
+NORM_SHORTCUTS = [(norm, shortcut) for shortcut in resnet.SHORTCUTS for norm in NORMS
+                  if shortcut != "none" or norm not in resnet.RESIDUAL_ONLY_NORMS]
 
 RECORD_FIELDS = {
     "framework", "depth", "members", "executor", "resolved_executor", "dtype", "batch",
@@ -47,14 +53,23 @@ def test_benchmark_writes_json(tmp_path, capsys):
   assert table.count("\n| bnjax | 8 | 2 |") == 2 and "its choice's own row ran at 100%" in table
 
 
-def test_compile_only(tmp_path):
+def test_compile_only(tmp_path, monkeypatch):
   out = tmp_path / "compile.json"
+  built, make_model = [], throughput.make_model
+
+  def recording_make_model(*args, **kwargs):
+    built.append(make_model(*args, **kwargs))
+    return built[-1]
+
+  monkeypatch.setattr(throughput, "make_model", recording_make_model)
   throughput.main(["--compile_only", "--depths=8", "--members=1", "--batch=4",
-                   "--scan_blocks=false,true", "--train_size=64", f"--out={out}"])
+                   "--scan_blocks=false,true", "--shortcut=B", "--train_size=64", f"--out={out}"])
   unrolled, scanned = json.loads(out.read_text())["records"]
   assert unrolled["scan_blocks"] is False and scanned["scan_blocks"] is True
+  assert [model.shortcut for model in built] == ["B", "B"]
   for record in (unrolled, scanned):
     assert record["mode"] == "compile_only" and record["compile_time_s"] > 0
+    assert record["shortcut"] == "B"
   assert "| ResNet-8 | 1 | scanned | float32 |" in report.markdown(json.loads(out.read_text()))
 
 
@@ -74,6 +89,39 @@ def test_bench_accepts_every_norm_of_bnjax_and_refuses_others_in_one_sentence():
     throughput.parse_args(["--norm=instance"])
 
 
+def test_bench_accepts_every_shortcut_of_bnjax_and_refuses_others_in_one_sentence():
+  for shortcut in resnet.SHORTCUTS:
+    assert throughput.parse_args([f"--shortcut={shortcut}"]).shortcut == shortcut
+  with pytest.raises(SystemExit, match=r"^Unknown shortcut 'C'; use one of \[.*\]\.$"):
+    throughput.parse_args(["--shortcut=C"])
+  for norm in resnet.RESIDUAL_ONLY_NORMS:
+    with pytest.raises(SystemExit, match=rf"^--norm={norm} needs a shortcut; use --shortcut=A"
+                       r" or --shortcut=B\.$"):
+      throughput.parse_args([f"--norm={norm}", "--shortcut=none"])
+
+
+def test_bench_passes_the_shortcut_to_the_baseline(monkeypatch):
+  """--shortcut reaches `torch_baseline.measure` in the baseline's process and its twin."""
+  pytest.importorskip("torch")
+  from bench import torch_resnet
+  commands = []
+
+  def run(command, **_):
+    commands.append(command)
+    return subprocess.CompletedProcess(command, 0, stdout='{"peak_memory": [1, "x"]}\n')
+
+  monkeypatch.setattr(torch_baseline.subprocess, "run", run)
+  settings = throughput.parse_args(["--norm=group", "--shortcut=B"])
+  record = throughput.measure_torch(8, 1, "float32", settings)
+  assert record["norm"] == "group" and record["shortcut"] == "B"
+  args = inspect.signature(torch_baseline.measure).bind(*json.loads(commands[0][-1])).arguments
+  assert (args["norm"], args["shortcut"]) == ("group", "B")
+  model, _ = torch_baseline._make_member(8, "group", "B", "cpu", 0)
+  assert isinstance(model.blocks[1].projection, torch_resnet.ConvNorm)
+  assert model.blocks[1].projection.conv.weight.shape == (32, 16, 1, 1)
+  assert not hasattr(model.blocks[0], "projection")  # the identity needs none
+
+
 def test_torch_resnet_knows_the_norms_bnjax_knows():
   pytest.importorskip("torch")
   from bench import torch_resnet
@@ -82,16 +130,30 @@ def test_torch_resnet_knows_the_norms_bnjax_knows():
     torch_resnet.CifarResNet(8, "instance")
 
 
-@pytest.mark.parametrize("norm", NORMS)
-def test_torch_resnet_matches_bnjax_parameter_count(norm):
+def test_torch_resnet_knows_the_shortcuts_bnjax_knows_and_refuses_what_it_refuses():
   pytest.importorskip("torch")
   from bench import torch_resnet
-  model = throughput.make_model(20, norm, "float32")
+  assert torch_resnet.SHORTCUTS == resnet.SHORTCUTS
+  assert torch_resnet.RESIDUAL_ONLY_NORMS == resnet.RESIDUAL_ONLY_NORMS
+  images = jnp.zeros((1, 32, 32, 3))
+  for norm, shortcut in [("batch", "C"), ("fixup", "none"), ("skipinit", "none")]:
+    with pytest.raises(ValueError) as bnjax_error:
+      jax.eval_shape(resnet.CifarResNet(8, norm, shortcut).init, jax.random.key(0), images)
+    with pytest.raises(ValueError, match=r"^[^.]*\.$") as twin_error:  # one sentence
+      torch_resnet.CifarResNet(8, norm, shortcut)
+    assert str(twin_error.value) == str(bnjax_error.value)
+
+
+@pytest.mark.parametrize("norm,shortcut", NORM_SHORTCUTS)
+def test_torch_resnet_matches_bnjax_parameter_count(norm, shortcut):
+  pytest.importorskip("torch")
+  from bench import torch_resnet
+  model = throughput.make_model(20, norm, "float32", shortcut=shortcut)
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   expected = _num_params(variables["params"])
-  if norm == "batch":
-    assert expected == 269_722
-  assert torch_resnet.num_parameters(torch_resnet.CifarResNet(20, norm)) == expected
+  if norm == "batch":  # B adds two 1x1 projections and their BN: 16 * 32 + 64 + 32 * 64 + 128
+    assert expected == {"A": 269_722, "B": 272_474, "none": 269_722}[shortcut]
+  assert torch_resnet.num_parameters(torch_resnet.CifarResNet(20, norm, shortcut)) == expected
 
 
 def _torch_name(path: str, n: int) -> str:
@@ -126,8 +188,15 @@ def _random_params(shapes, rng: np.random.Generator) -> dict:
   return jax.tree.map(draw, shapes)
 
 
-@pytest.mark.parametrize("norm", NORMS)
-def test_torch_resnet_computes_what_bnjax_computes(norm):
+# Every norm with option A; projections (B) under BN, none, Fixup, SkipInit and BN in stage 3
+# only (a projection with a bias in stage 2, with BN in stage 3); plain networks.
+FORWARD_CASES = [(norm, "A") for norm in NORMS] + [
+    ("batch", "B"), ("none", "B"), ("fixup", "B"), ("skipinit", "B"), ("batch_last", "B"),
+    ("batch", "none"), ("none", "none"), ("group", "none")]
+
+
+@pytest.mark.parametrize("norm,shortcut", FORWARD_CASES)
+def test_torch_resnet_computes_what_bnjax_computes(norm, shortcut):
   """The same parameters in bnjax's ResNet-8 and in the twin give the same logits.
 
   BN uses the batch's statistics, as in training.
@@ -135,13 +204,13 @@ def test_torch_resnet_computes_what_bnjax_computes(norm):
   torch = pytest.importorskip("torch")
   from bench import torch_resnet
   depth, rng = 8, np.random.default_rng(0)
-  model = throughput.make_model(depth, norm, "float32")
+  model = throughput.make_model(depth, norm, "float32", shortcut=shortcut)
   images = rng.standard_normal((4, 32, 32, 3)).astype(np.float32)
   shapes = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
   params = _random_params(shapes, rng)
   logits, _ = model.apply({"params": params}, images, train=True, mutable=["batch_stats"])
 
-  twin = torch_resnet.CifarResNet(depth, norm)
+  twin = torch_resnet.CifarResNet(depth, norm, shortcut)
   n = torch_resnet.blocks_per_stage(depth)
   state = {_torch_name(path, n): torch.from_numpy(np.ascontiguousarray(_to_torch(path, value)))
            for path, value in flax.traverse_util.flatten_dict(params, sep="/").items()}
@@ -155,12 +224,13 @@ def test_torch_resnet_computes_what_bnjax_computes(norm):
   np.testing.assert_allclose(twin_logits, logits, rtol=0, atol=1e-4 * scale)
 
 
+@pytest.mark.parametrize("shortcut", ["A", "B"])
 @pytest.mark.parametrize("norm", ["fixup", "skipinit"])
-def test_torch_resnet_fixup_and_skipinit_start_as_their_shortcut_path(norm):
+def test_torch_resnet_fixup_and_skipinit_start_as_their_shortcut_path(norm, shortcut):
   torch = pytest.importorskip("torch")
   from bench import torch_resnet
   torch.manual_seed(0)
-  twin = torch_resnet.CifarResNet(14, norm)
+  twin = torch_resnet.CifarResNet(14, norm, shortcut)
   images = torch.randn(2, 3, 32, 32)
   with torch.no_grad():
     x = torch.relu(twin.stem(images))
