@@ -29,13 +29,16 @@ def test_lr_grid_is_log_spaced_and_rounded():
 
 
 def test_default_and_smoke_configs_sweep_depth_and_norm_at_a_constant_rate():
-  for variant in (None, "smoke"):
+  for variant in (None, "smoke", "depth110"):
     config = load_config("stable_rates", variant)
     config_lib.validate(config)
     assert set(config.sweep.arms) == {"depth", "norm"}
     assert tuple(config.train.lr_boundaries) == () and config.train.warmup_steps == 0
   assert tuple(load_config("stable_rates").sweep.arms.depth) == (8, 20, 56, 110)
   assert len(load_config("stable_rates").sweep.lrs) == 11
+  deep = load_config("stable_rates", "depth110")
+  assert tuple(deep.sweep.arms.depth) == (110,) and deep.model.initializer == "glorot_uniform"
+  assert {"none", "fixup", "skipinit"} <= set(deep.sweep.arms.norm)
 
 
 def test_invalid_depth_is_rejected_by_validation():

@@ -34,12 +34,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from bnjax import errors, experiments, loop, plots, sweep, workdir as workdir_lib
 
 NAME = "stable_rates"
 REQUIRED_ARMS = ("depth", "norm")
+HEATMAP_COLUMNS = 2  # heatmaps per row of the figure
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -174,6 +176,9 @@ def _schedule(train: ml_collections.ConfigDict) -> str:
 def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   """Diverged fraction over (depth, rate), one panel per series, and the stable rate by depth.
 
+  The heatmaps fill `HEATMAP_COLUMNS` columns, row by row; the last column
+  is the stable-rate panel.
+
   In each heatmap a row is a depth and a column a rate of the grid; the
   outlined cell is the arm's largest stable rate, and each cell shows the
   final train loss of its trained seeds, or the step the first one diverged
@@ -183,14 +188,16 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   """
   series, lrs, depths = result["series"], result["lrs"], result["depths"]
   n = len(series)
-  width = max(4.0, 0.55 * len(lrs) + 1.5)
-  fig, axes = plots.subplots(1, n + 2, figsize=(width * n + 5.0, 3.0 + 0.6 * len(depths)),
-                             gridspec_kw=dict(width_ratios=[width] * n + [0.2, 4.5]))
+  cols = min(n, HEATMAP_COLUMNS)
+  rows = -(-n // cols)
+  width, height = max(4.0, 0.55 * len(lrs) + 1.5), 2.4 + 0.6 * len(depths)
+  fig = Figure(figsize=(width * cols + 5.5, height * rows))
+  grid = fig.add_gridspec(rows, cols + 2, width_ratios=[width] * cols + [0.2, 4.5])
   arms = {(a["depth"], _series_key(a, result)): a for a in result["arms"]}
-  for ax, s in zip(axes[:n], series):
-    image = _heatmap(ax, s, arms, lrs, depths, result)
-  fig.colorbar(image, cax=axes[n], label="diverged fraction of seeds")
-  _stable_panel(axes[n + 1], series, lrs)
+  for k, s in enumerate(series):
+    image = _heatmap(fig.add_subplot(grid[k // cols, k % cols]), s, arms, lrs, depths, result)
+  fig.colorbar(image, cax=fig.add_subplot(grid[:, cols]), label="diverged fraction of seeds")
+  _stable_panel(fig.add_subplot(grid[:, cols + 1]), series, lrs)
   path = workdir_lib.figure_path(workdir, stem)
   plots.save(fig, path, f"Largest stable learning rate: {result['num_steps']} steps at a"
                         f" {result['schedule']} rate, batch {result['batch_size']},"
@@ -244,13 +251,14 @@ def _outline(col: int, row: int) -> Rectangle:
 def _stable_panel(ax: Any, series: list[dict[str, Any]], lrs: list[float]) -> None:
   """The largest stable rate against depth, log scale, one line per series."""
   floor = min(lrs) / 2.0  # where a depth with no stable rate is drawn
-  for s in series:
+  for k, s in enumerate(series):
     depths = np.asarray(s["depths"], float)
     stable = plots.as_float(s["largest_stable_lr"])
-    lines = ax.plot(depths, stable, marker="o", label=s["series"])
+    size = 4.0 + 3.0 * (len(series) - 1 - k)  # earlier series larger: coinciding points show
+    lines = ax.plot(depths, stable, marker="o", ms=size, label=s["series"])
     none = np.isnan(stable)
     if none.any():
-      ax.plot(depths[none], np.full(none.sum(), floor), ls="none", marker="o",
+      ax.plot(depths[none], np.full(none.sum(), floor), ls="none", marker="o", ms=size,
               mfc="none", color=lines[0].get_color())
   ax.set_yscale("log")
   ax.set_xticks(sorted({d for s in series for d in s["depths"]}))
