@@ -31,10 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
       synthetic_seed=0, synthetic_train_size=50_000, synthetic_test_size=10_000,
       synthetic_noise=0.6))
   # Members are the product arms x lrs x seeds; each key of `arms` is a
-  # model field and its tuple the values it takes.
+  # model field and its tuple the values it takes (see `sweep_arms`).
   c.sweep = ml_collections.ConfigDict(dict(
-      lrs=(1e-4, 3e-3, 1e-1), seeds=(0, 1, 2),
-      arms=ml_collections.ConfigDict(dict(norm=("batch", "none")))))
+      lrs=(1e-4, 3e-3, 1e-1), seeds=(0, 1, 2), arms=sweep_arms(norm=("batch", "none"))))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128, num_steps=64_000, momentum=0.9, weight_decay=1e-4,
       # The rate is base_lr * lr_decay**k after the k-th boundary (fractions
@@ -63,6 +62,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 1000
   c.eval_batch_size = 1000
   return c
+
+
+# The ResNet fields a sweep can vary; `sweep_arms` declares the unswept ones
+# so that the command line can sweep them (a locked config takes no new keys).
+ARM_FIELDS = ("depth", "norm", "shortcut", "initializer")
+
+
+def sweep_arms(fields: tuple[str, ...] = ARM_FIELDS, **swept: tuple) -> ml_collections.ConfigDict:
+  """config.sweep.arms sweeping `swept`, every other field of `fields` declared but unswept.
+
+  An unswept field is an empty tuple placeholder (None), so that e.g.
+  --config.sweep.arms.shortcut='("A", "none")' sweeps it from the command
+  line; `swept_arms` skips it.
+  """
+  arms = {f: ml_collections.config_dict.placeholder(tuple) for f in fields}
+  return ml_collections.ConfigDict({**arms, **swept})
+
+
+def swept_arms(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{model field: its values} for the fields config.sweep.arms sweeps (set, not None)."""
+  return {f: tuple(v) for f, v in config.sweep.arms.items() if v is not None}
 
 
 def parse_variant(arg: str | None, variants: tuple[str, ...]) -> str:
@@ -135,7 +155,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"Seed {seed!r} in config.sweep.seeds is not an integer in [0, 2**32); "
            f"give seeds from 0 to {2**32 - 1}.")
   _check(len(set(sweep.seeds)) == len(tuple(sweep.seeds)), "config.sweep.seeds repeats a seed; list each once.")
-  for field, values in sweep.arms.items():
+  for field, values in swept_arms(config).items():
     _check(field in config.model, f"Sweep arm field {field!r} is not a model field; use one of {sorted(config.model)}.")
     _check(len(tuple(values)) > 0, f"config.sweep.arms.{field} is empty; give at least one value.")
     _check_not_overridden(config.model, field, tuple(values))
@@ -178,6 +198,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def arm_configs(config: ml_collections.ConfigDict) -> list[dict]:
   """The model config of every arm: the product of `config.sweep.arms`."""
   arms = [config.model.to_dict()]
-  for field, values in config.sweep.arms.items():
+  for field, values in swept_arms(config).items():
     arms = [{**arm, field: value} for arm in arms for value in values]
   return arms

@@ -49,8 +49,8 @@ class Arm:
 
 
 def arm_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The model fields the sweep varies (the keys of `config.sweep.arms`)."""
-  return tuple(config.sweep.arms.keys())
+  """The model fields the sweep varies (the set keys of `config.sweep.arms`)."""
+  return tuple(config_lib.swept_arms(config))
 
 
 def make_arms(config: ml_collections.ConfigDict) -> list[Arm]:

@@ -24,7 +24,7 @@ def get_config(arg=None):
   config.job = "mean_field"
   config.model = ml_collections.ConfigDict(dict(
       name="bnjax.models.mlp", width=1024, depth=50, norm="batch"))
-  config.sweep.arms = ml_collections.ConfigDict(dict(norm=("batch", "none")))
+  config.sweep.arms = config_lib.sweep_arms(("depth", "norm", "width"), norm=("batch", "none"))
   config.sweep.seeds = (0, 1, 2, 3, 4)
   config.train.batch_size = 128
   config.analysis = mean_field.defaults()

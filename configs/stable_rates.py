@@ -20,8 +20,6 @@ and SkipInit, the default initialiser, 9 rates 1e-4..1 (half decades),
 synthetic data, batch 16, one seed, 30 steps.
 """
 
-import ml_collections
-
 from bnjax import config as config_lib
 from bnjax.experiments import stable_rates
 
@@ -31,8 +29,7 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.job = "stable_rates"
   config.analysis = stable_rates.defaults()
-  config.sweep.arms = ml_collections.ConfigDict(dict(
-      depth=(8, 20, 56, 110), norm=("batch", "none")))
+  config.sweep.arms = config_lib.sweep_arms(depth=(8, 20, 56, 110), norm=("batch", "none"))
   config.sweep.lrs = stable_rates.lr_grid(1e-4, 10.0, 11)
   config.train.num_steps = 200
   config.train.lr_boundaries = ()  # a constant rate: the map asks which rates train at all

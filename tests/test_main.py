@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bnjax import config as config_lib, errors
+from bnjax import config as config_lib, errors, sweep
 
 from conftest import REPO, load_config
 
@@ -70,6 +70,21 @@ def test_swept_values_and_the_base_value_pass_the_arm_override_check():
   for depth in (20, 110):  # a swept value, and the base default that every arm overrides
     config.model.depth = depth
     config_lib.validate(config)
+
+
+def test_the_command_line_sweeps_a_model_field_the_config_does_not(tmp_path):
+  """Every ResNet field a sweep can vary is declared (unswept) in config.sweep.arms,
+  so the locked config takes --config.sweep.arms.shortcut; unswept ones make no arms."""
+  config = load_config("lr_sweep", "smoke")
+  assert sweep.arm_fields(config) == ("norm",)
+  assert len(sweep.make_arms(config)) == 2
+  result = _main(tmp_path / "run", "--config.sweep.arms.shortcut=(\"A\",\"none\")",
+                 "--config.sweep.lrs=(0.01,)", "--config.sweep.seeds=(0,)",
+                 "--config.train.num_steps=2", "--config.log_every=1", timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  members = json.loads((tmp_path / "run" / "members.json").read_text())
+  assert sorted((m["norm"], m["shortcut"]) for m in members) == [
+      ("batch", "A"), ("batch", "none"), ("none", "A"), ("none", "none")]
 
 
 def test_sweeping_an_unknown_norm_is_reported_by_the_arm_validation():

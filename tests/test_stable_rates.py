@@ -6,7 +6,7 @@ import os
 import ml_collections
 import pytest
 
-from bnjax import config as config_lib, errors
+from bnjax import config as config_lib, errors, sweep
 from bnjax.experiments import stable_rates
 
 from conftest import load_config
@@ -32,7 +32,7 @@ def test_default_and_smoke_configs_sweep_depth_and_norm_at_a_constant_rate():
   for variant in (None, "smoke", "depth110"):
     config = load_config("stable_rates", variant)
     config_lib.validate(config)
-    assert set(config.sweep.arms) == {"depth", "norm"}
+    assert sweep.arm_fields(config) == ("depth", "norm")
     assert tuple(config.train.lr_boundaries) == () and config.train.warmup_steps == 0
   assert tuple(load_config("stable_rates").sweep.arms.depth) == (8, 20, 56, 110)
   assert len(load_config("stable_rates").sweep.lrs) == 11

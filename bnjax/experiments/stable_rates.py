@@ -83,7 +83,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def _require_arms(config: ml_collections.ConfigDict) -> None:
   """The map's axes are swept arms: config.sweep.arms must name depth and norm."""
-  missing = [f for f in REQUIRED_ARMS if f not in config.sweep.arms]
+  missing = [f for f in REQUIRED_ARMS if f not in sweep.arm_fields(config)]
   if missing:
     raise errors.ConfigError(
         f"The stable-rate map sweeps depth and norm, but config.sweep.arms lacks {missing}; "
