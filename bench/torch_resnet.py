@@ -27,8 +27,9 @@ defines them):
   classifier zero, and scalar biases after the stem and before the head. A
   projection takes x + bias1a and stays plain He-normal.
 * "skipinit": "none" with a scalar alpha (0) multiplying each branch.
-* "batch_first", "batch_last", "batch_head": BN in the stem and stage 1, in
-  stage 3, or only as a BatchNorm1d of the pooled features; "none" elsewhere.
+* "batch_first", "batch_last", "batch_except_last", "batch_head": BN in the
+  stem and stage 1, in stage 3, everywhere but stage 3, or only as a
+  BatchNorm1d of the pooled features; "none" elsewhere.
 
 Kernels are He-normal (bnjax's initializer "he_normal"; its default is
 Glorot-uniform, which changes no step time), biases zero, norm scales 1 and
@@ -48,9 +49,10 @@ from torch.nn import functional as F
 STAGE_WIDTHS = (16, 32, 64)
 # bnjax.models.layers.NORMS, in its order (a test keeps the two equal).
 NORMS = ("batch", "none", "layer", "group", "fixup", "skipinit",
-         "batch_first", "batch_last", "batch_head")
+         "batch_first", "batch_last", "batch_except_last", "batch_head")
 # Where the partial-BN arms put batch norm: 0 is the stem, 1..3 the stages.
-_BN_STAGES = {"batch_first": (0, 1), "batch_last": (3,), "batch_head": ()}
+_BN_STAGES = {"batch_first": (0, 1), "batch_last": (3,), "batch_except_last": (0, 1, 2),
+              "batch_head": ()}
 # bnjax.models.resnet.SHORTCUTS and RESIDUAL_ONLY_NORMS (a test keeps them equal).
 SHORTCUTS = ("A", "B", "none")
 RESIDUAL_ONLY_NORMS = ("fixup", "skipinit")

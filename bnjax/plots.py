@@ -111,7 +111,8 @@ def as_float(values: Sequence[Any]) -> np.ndarray:
 
 NORM_TITLES = {"batch": "BN", "none": "no BN", "layer": "LayerNorm", "group": "GroupNorm",
                "fixup": "Fixup", "skipinit": "SkipInit", "batch_first": "BN in the stem and stage 1",
-               "batch_last": "BN in stage 3 only", "batch_head": "BN before the classifier"}
+               "batch_last": "BN in stage 3 only", "batch_except_last": "BN except in stage 3",
+               "batch_head": "BN before the classifier"}
 
 
 def norm_title(arm: dict[str, Any]) -> str:

@@ -78,13 +78,16 @@ def test_the_command_line_sweeps_a_model_field_the_config_does_not(tmp_path):
   config = load_config("lr_sweep", "smoke")
   assert sweep.arm_fields(config) == ("norm",)
   assert len(sweep.make_arms(config)) == 2
-  result = _main(tmp_path / "run", "--config.sweep.arms.shortcut=(\"A\",\"none\")",
-                 "--config.sweep.lrs=(0.01,)", "--config.sweep.seeds=(0,)",
-                 "--config.train.num_steps=2", "--config.log_every=1", timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
-  members = json.loads((tmp_path / "run" / "members.json").read_text())
-  assert sorted((m["norm"], m["shortcut"]) for m in members) == [
+  config.sweep.arms.shortcut = ("A", "none")
+  assert sorted((a.model_config["norm"], a.model_config["shortcut"])
+                for a in sweep.make_arms(config)) == [
       ("batch", "A"), ("batch", "none"), ("none", "A"), ("none", "none")]
+  # On the command line: the override is taken, and reaches the arms' validation.
+  result = _main(tmp_path / "run", "--config.sweep.arms.shortcut=(\"none\",)",
+                 "--config.sweep.arms.norm=(\"fixup\",)", timeout=120)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "config.model.norm='fixup' needs the shortcut" in result.stderr.splitlines()[-1]
+  assert not (tmp_path / "run").exists()
 
 
 def test_sweeping_an_unknown_norm_is_reported_by_the_arm_validation():
@@ -152,33 +155,30 @@ def test_missing_cifar10_from_the_command_line(tmp_path):
 
 
 def test_smoke_sweep_end_to_end(tmp_path):
-  """The README's first quick-start command, as a user runs it, on a third of its members.
+  """The README's first quick-start command, as a user runs it, on a sixth of its members.
 
-  Seed 1 is the one whose no-BN member diverges at rate 0.3, and 0.05 is a
-  rate at which both arms train to about the same accuracy (the paper's F1
-  at its small rate); the other members would add time and no path. (A
-  rerun with another config is refused: tests/test_checkpoint.py.)
+  Seed 1 at rate 0.3 is where BN trains and the no-BN member diverges; the
+  other members (whose numbers the README's F1 row gives) would add time and
+  no path. (A rerun with another config is refused: tests/test_checkpoint.py.)
   """
   workdir = tmp_path / "smoke"
-  result = _main(workdir, "--config.sweep.seeds=(1,)", "--config.sweep.lrs=(0.05,0.3)")
+  result = _main(workdir, "--config.sweep.seeds=(1,)", "--config.sweep.lrs=(0.3,)")
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((workdir / "config.json").read_text())
   assert config["model"]["depth"] == 8
   members = json.loads((workdir / "members.json").read_text())
-  assert len(members) == 4
+  assert len(members) == 2
   bn = [m for m in members if m["norm"] == "batch"]
   no_bn = [m for m in members if m["norm"] == "none"]
   assert all(m["status"] == "trained" for m in bn)
-  assert any(m["status"] == "diverged" and m["diverged_step"] is not None for m in no_bn)
+  assert no_bn[0]["status"] == "diverged" and no_bn[0]["diverged_step"] is not None
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   final = {r["member"]: r for r in lines if r["step"] == config["train"]["num_steps"]}
   assert set(final) == {m["member"] for m in members if m["status"] == "trained"}
   for record in final.values():
     assert {"train_loss", "train_accuracy", "grad_norm", "param_norm", "learning_rate",
             "test_loss", "test_accuracy", "lr", "seed", "norm"} <= set(record)
-  # BN learns the synthetic task at both rates, no BN at the smaller one as well.
-  assert min(final[m["member"]]["test_accuracy"] for m in bn) > 0.9
-  small_no_bn = [m for m in no_bn if m["lr"] == 0.05]
-  assert final[small_no_bn[0]["member"]]["test_accuracy"] > 0.9
+  # BN learns the synthetic task at the rate at which no BN diverges.
+  assert final[bn[0]["member"]]["test_accuracy"] > 0.9
   assert "images/s" in result.stderr and "ETA" in result.stderr
   assert os.path.getsize(workdir / "figures" / "accuracy.png") > 10_000

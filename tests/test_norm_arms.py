@@ -19,14 +19,16 @@ from bnjax.analysis import activations, common
 from bnjax.models import layers, resnet
 from bnjax.models.resnet import BasicBlock, ConvNorm, CifarResNet
 
-NEW_NORMS = ("layer", "group", "fixup", "skipinit", "batch_first", "batch_last", "batch_head")
+NEW_NORMS = ("layer", "group", "fixup", "skipinit", "batch_first", "batch_last",
+             "batch_except_last", "batch_head")
 # ResNet-8, shortcut A: the ConvNorms whose normalisation is a layer, stem first.
 CONV_NORMS = ("stem", "stage1_block00/conv_norm1", "stage1_block00/conv_norm2",
               "stage2_block00/conv_norm1", "stage2_block00/conv_norm2",
               "stage3_block00/conv_norm1", "stage3_block00/conv_norm2")
 NORMALISED = {"batch": CONV_NORMS, "layer": CONV_NORMS, "group": CONV_NORMS,
               "none": (), "fixup": (), "skipinit": (), "batch_first": CONV_NORMS[:3],
-              "batch_last": CONV_NORMS[5:], "batch_head": ("head_norm",)}
+              "batch_last": CONV_NORMS[5:], "batch_except_last": CONV_NORMS[:5],
+              "batch_head": ("head_norm",)}
 BLOCKS = ("stage1_block00", "stage2_block00", "stage3_block00")
 
 

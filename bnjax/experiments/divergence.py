@@ -41,7 +41,7 @@ def defaults() -> ml_collections.ConfigDict:
 # GroupNorm, Fixup, SkipInit train at it in their papers); the paper's no-BN
 # rate where BN is only in part of the network.
 LR_BY_NORM = dict(batch=0.1, none=1e-4, layer=0.1, group=0.1, fixup=0.1, skipinit=0.1,
-                  batch_first=1e-4, batch_last=1e-4, batch_head=1e-4)
+                  batch_first=1e-4, batch_last=1e-4, batch_except_last=1e-4, batch_head=1e-4)
 
 
 def etas(config: ml_collections.ConfigDict) -> tuple[float, ...]:

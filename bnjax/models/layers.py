@@ -22,10 +22,11 @@ batch norm (bnjax/models/resnet.py wires them in):
 * "skipinit": SkipInit (De & Smith 2020, arXiv 2002.10444): no normalisation
   (biased convolutions as in "none") and a learned scalar, initialised to 0,
   multiplying each residual branch.
-* "batch_first", "batch_last", "batch_head": does BN need to be everywhere?
-  Batch norm in only part of the network, none (biased convolutions)
-  elsewhere: in the stem and the blocks of the first stage (the first 2n+1
-  convolutions of a ResNet-(6n+2)); in the blocks of the last stage only; or
+* "batch_first", "batch_last", "batch_except_last", "batch_head": does BN
+  need to be everywhere? Batch norm in only part of the network, none
+  (biased convolutions) elsewhere: in the stem and the blocks of the first
+  stage (the first 2n+1 convolutions of a ResNet-(6n+2)); in the blocks of
+  the last stage only; everywhere except the blocks of the last stage; or
   as one batch norm of the pooled features just before the classifier.
 """
 
@@ -37,12 +38,13 @@ import jax
 import jax.numpy as jnp
 
 NORMS = ("batch", "none", "layer", "group", "fixup", "skipinit",
-         "batch_first", "batch_last", "batch_head")
+         "batch_first", "batch_last", "batch_except_last", "batch_head")
 # What `normalize` applies after one convolution.
 LAYER_NORMS = ("batch", "layer", "group", "none")
 # Where the partial-BN arms put batch norm: stage 0 is the stem, 1..3 the
 # stages of blocks; "batch_head" has its one BN after pooling instead.
-_BN_STAGES = {"batch_first": (0, 1), "batch_last": (3,), "batch_head": ()}
+_BN_STAGES = {"batch_first": (0, 1), "batch_last": (3,), "batch_except_last": (0, 1, 2),
+              "batch_head": ()}
 # Wu & He (2018): 32 groups.
 GROUPS = 32
 

@@ -7,7 +7,7 @@ size), global average pooling and one dense classifier.
 `norm` picks what stands in for batch norm (`layers.NORMS`, whose docstring
 defines each): another normalisation layer after every convolution ("layer",
 "group"), none ("none"), batch norm in part of the network ("batch_first",
-"batch_last", "batch_head"), or a residual network that trains without
+"batch_last", "batch_except_last", "batch_head"), or a residual network that trains without
 normalisation: Fixup ("fixup", `BasicBlock._fixup`) or SkipInit
 ("skipinit"). Fixup and SkipInit residual branches output exactly zero at
 initialisation, so each block starts as its shortcut; Fixup also sets the
