@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from bnjax import checkpoint, data, errors, experiments
+from bnjax import checkpoint, data, distributed, errors, experiments
 from bnjax.experiments import train
 
 DEFAULT_ANALYSES = ("divergence", "sgd_noise")
@@ -81,7 +81,7 @@ def analyze(workdir: str, step: int | None = None,
   """
   _check_names(analyses)
   config = checkpoint.read_config(workdir)
-  written = train.figures(config, workdir)
+  written = train.figures(config, workdir) if distributed.is_writer() else []
   if not analyses:
     return written
   run = checkpoint.load(workdir, step)
@@ -97,7 +97,7 @@ def analyze_all_steps(workdir: str, analyses: tuple[str, ...] = DEFAULT_ANALYSES
   """`analyze` at every kept checkpoint step; an experiment with `from_workdir` sees them at once."""
   _check_names(analyses)
   config = checkpoint.read_config(workdir)
-  written = train.figures(config, workdir)
+  written = train.figures(config, workdir) if distributed.is_writer() else []
   steps = checkpoint.available_steps(workdir)
   if not steps:
     raise errors.WorkdirError(f"{workdir} has no complete checkpoint; train it first.")

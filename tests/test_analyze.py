@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from bnjax import analyze, config as config_lib, data, errors, experiments
+from bnjax import analyze, config as config_lib, data, distributed, errors, experiments
 from bnjax.experiments import _members
 
 from conftest import tiny_config
@@ -152,3 +152,18 @@ def test_analyses_measure_on_the_batch_the_members_stream_gives_them_next():
   np.testing.assert_array_equal(own[0], expected[0])
   np.testing.assert_array_equal(own[1], expected[1])
   assert not np.array_equal(own[0], shared[0])
+
+
+def test_processes_other_than_the_writer_measure_but_write_nothing(tmp_path, monkeypatch):
+  """Under --distributed every process runs an analysis job; only process 0 writes."""
+  monkeypatch.setattr(distributed, "is_writer", lambda: False)
+  workdir = str(tmp_path / "run")
+  config = tiny_config()
+  _members.load_then_prepare(config, workdir)
+  drawn = []
+  written = experiments.write(workdir, "x", {"a": 1}, lambda *args: drawn.append(args) or ["f"])
+  assert written == [] and drawn == [] and not os.path.exists(workdir)
+  monkeypatch.setattr(distributed, "is_writer", lambda: True)
+  _members.load_then_prepare(config, workdir)
+  assert experiments.write(workdir, "x", {"a": 1}, lambda *args: ["f"])[1:] == ["f"]
+  assert os.path.exists(os.path.join(workdir, "analysis", "x.json"))

@@ -36,7 +36,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from bnjax import errors, workdir as workdir_lib
+from bnjax import distributed, errors, workdir as workdir_lib
 
 _PACKAGE = __name__
 
@@ -74,6 +74,12 @@ def from_checkpoint_names() -> list[str]:
 
 def write(workdir: str, stem: str, result: dict[str, Any],
           figures: Callable[[dict[str, Any], str, str], list[str]]) -> list[str]:
-  """Writes DIR/analysis/<stem>.json, then draws `figures` from it; returns the paths."""
+  """Writes DIR/analysis/<stem>.json, then draws `figures` from it; returns the paths.
+
+  In a multi-process run every process measures and process 0 alone writes
+  (the others return []).
+  """
+  if not distributed.is_writer():
+    return []
   written = [workdir_lib.write_analysis(workdir, stem, result)]
   return written + figures(workdir_lib.jsonable(result), workdir, stem)

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bnjax import checkpoint, data, experiments, sweep, train, workdir as workdir_lib
+from bnjax import checkpoint, data, distributed, experiments, sweep, train
+from bnjax import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ def load_then_prepare(config: ml_collections.ConfigDict, workdir: str) -> data.D
   would make the rerun with the right data_dir look like a different run.
   """
   dataset = data.load(config.data)
-  workdir_lib.prepare(workdir, config)
+  workdir_lib.prepare(workdir, config, write=distributed.is_writer())
   return dataset
 
 

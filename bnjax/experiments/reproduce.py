@@ -34,7 +34,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bnjax import data, forward, paper, sweep, train, workdir as workdir_lib
+from bnjax import data, distributed, forward, paper, sweep, train
+from bnjax import workdir as workdir_lib
 from bnjax.analysis import activations as act, common, gradients as grad, landscape, noise
 from bnjax.analysis import random_matrix as rm
 from bnjax.models import make_model
@@ -240,7 +241,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Numbers:
   """Measures everything, judges it against `paper.CLAIMS`, writes the JSON and Markdown."""
   clock = _Clock()
   dataset, data_name = _load_data(config)
-  workdir_lib.prepare(workdir, config)
+  workdir_lib.prepare(workdir, config, write=distributed.is_writer())
   cfg = config.analysis
   batch = data.train_batch(dataset, config.train.data_seed, 0, cfg.batch_size,
                            config.data.augmentation)
@@ -264,9 +265,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Numbers:
   result = {"data": data_name, "device": _device(), "seconds": clock.sections,
             "total_seconds": time.perf_counter() - clock.start, "settings": _settings(config),
             "rows": rows, "arms": arms}
-  workdir_lib.write_analysis(workdir, "reproduction", result)
-  with open(os.path.join(workdir, "reproduction.md"), "w") as f:
-    f.write(markdown(result))
+  if distributed.is_writer():
+    workdir_lib.write_analysis(workdir, "reproduction", result)
+    with open(os.path.join(workdir, "reproduction.md"), "w") as f:
+      f.write(markdown(result))
   return result
 
 
