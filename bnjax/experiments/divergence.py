@@ -62,10 +62,16 @@ def along_gradient_host(model, variables, images_BxHxWxC: jax.Array, labels_B: j
   eta_E = jnp.asarray(etas_E, jnp.float32)
   points = [_jit_point(model, variables, images_BxHxWxC, labels_B, g, eta) for eta in eta_E]
   loss_E, change_E = (jnp.stack(column) for column in zip(*points))
-  return landscape.summarize(loss, optax.tree.norm(g), eta_E, loss_E, change_E,
-                             threshold)
+  return _jit_summary(loss, g, eta_E, loss_E, change_E, threshold)
 
 
+def _summary(loss: jax.Array, g: Any, eta_E: jax.Array, loss_E: jax.Array, change_E: jax.Array,
+             threshold: float) -> dict[str, jax.Array]:
+  return landscape.summarize(loss, optax.tree.norm(g), eta_E, loss_E, change_E, threshold)
+
+
+# One program, not a compile per eager op of the norm and summary (seconds on a CPU).
+_jit_summary = jax.jit(_summary, static_argnums=5)
 _jit_grad = jax.jit(common.loss_and_grad, static_argnums=0)
 _jit_point = jax.jit(landscape.line_point, static_argnums=0)
 _jit_line = jax.jit(landscape.along_gradient, static_argnums=(0, 4, 5))
