@@ -85,6 +85,23 @@ def swept_arms(config: ml_collections.ConfigDict) -> dict[str, tuple]:
   return {f: tuple(v) for f, v in config.sweep.arms.items() if v is not None}
 
 
+def he_normal_smoke(config: ml_collections.ConfigDict, depth: int, batch_size: int,
+                    train_size: int, test_size: int = 64) -> None:
+  """Shrinks `config` in place to the analyses' CPU smoke size: a He-normal ResNet-`depth`
+  on `train_size` + `test_size` synthetic images, batch `batch_size`.
+
+  He-normal puts a shallow no-BN network about where the default initialiser
+  puts a ResNet-110 (README, "Does it reproduce the paper?"), so the paper's
+  effects show at a size that takes a CPU minute.
+  """
+  config.model.initializer = "he_normal"
+  config.model.depth = depth
+  config.data.name = "synthetic"
+  config.data.synthetic_train_size = train_size
+  config.data.synthetic_test_size = test_size
+  config.train.batch_size = batch_size
+
+
 def parse_variant(arg: str | None, variants: tuple[str, ...]) -> str:
   """Returns the variant named by `arg` ("" for the default)."""
   arg = arg or ""

@@ -29,15 +29,7 @@ def get_config(arg=None):
   config.job = "activations"
   config.analysis = activations.defaults()
   if variant == "smoke":
-    # He-normal puts a shallow no-BN network about where the default puts a
-    # ResNet-110 (README, "Does it reproduce the paper?"), so the paper's
-    # effects show at a size that takes a CPU minute.
-    config.model.initializer = "he_normal"
-    config.model.depth = 32
-    config.data.name = "synthetic"
-    config.data.synthetic_train_size = 256
-    config.data.synthetic_test_size = 64
+    config_lib.he_normal_smoke(config, depth=32, batch_size=32, train_size=256)
     config.sweep.seeds = (0,)
-    config.train.batch_size = 32
     config.analysis.update_layers = (3, 13, 23)
   return config

@@ -25,15 +25,7 @@ def get_config(arg=None):
   config.sweep.seeds = (0,)
   config.analysis = divergence.defaults()
   if variant == "smoke":
-    # He-normal puts a shallow no-BN network about where the default puts a
-    # ResNet-110 (README, "Does it reproduce the paper?"), so the paper's
-    # effects show at a size that takes a CPU minute.
-    config.model.initializer = "he_normal"
-    config.model.depth = 14
-    config.data.name = "synthetic"
-    config.data.synthetic_train_size = 1024
-    config.data.synthetic_test_size = 64
-    config.train.batch_size = 16
+    config_lib.he_normal_smoke(config, depth=14, batch_size=16, train_size=1024)
     config.analysis.eta_high = 1.0
     config.analysis.num_etas = 11
   return config

@@ -21,14 +21,7 @@ def get_config(arg=None):
   config.job = "ics"
   config.analysis = ics.defaults()
   if variant == "smoke":
-    # He-normal puts a shallow no-BN network about where the default puts a
-    # ResNet-110 (README, "Does it reproduce the paper?"), as configs/gradients.py.
-    config.model.initializer = "he_normal"
-    config.model.depth = 8
-    config.data.name = "synthetic"
-    config.data.synthetic_train_size = 256
-    config.data.synthetic_test_size = 64
-    config.train.batch_size = 16
+    config_lib.he_normal_smoke(config, depth=8, batch_size=16, train_size=256)
     config.sweep.seeds = (0,)
     config.analysis.steps = (0, 5)
     config.analysis.num_minibatches = 2

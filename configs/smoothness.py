@@ -32,14 +32,7 @@ def get_config(arg=None):
   config.checkpoint.every = 2000
   config.checkpoint.keep_steps = (250, 500, 1000) + tuple(range(2000, 64_001, 2000))
   if variant == "smoke":
-    # He-normal puts a shallow no-BN network about where the default puts a
-    # ResNet-110 (README, "Does it reproduce the paper?"), as configs/ics.py.
-    config.model.initializer = "he_normal"
-    config.model.depth = 8
-    config.data.name = "synthetic"
-    config.data.synthetic_train_size = 1024
-    config.data.synthetic_test_size = 64
-    config.train.batch_size = 16
+    config_lib.he_normal_smoke(config, depth=8, batch_size=16, train_size=1024)
     config.train.num_steps = 100
     config.train.warmup_steps = 0
     config.checkpoint.every = 20
