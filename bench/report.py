@@ -147,9 +147,26 @@ def table(results: dict[str, Any]) -> str:
   return "\n".join(lines + [f"note: {n}" for n in notes(records)])
 
 
+def model_text(record: dict[str, Any]) -> str:
+  """E.g. "norm=fixup, shortcut=B": the model a record timed (older records: BN, option A)."""
+  return f"norm={record.get('norm', 'batch')}, shortcut={record.get('shortcut', 'A')}"
+
+
+def model_note(records: list[dict[str, Any]]) -> list[str]:
+  """Which model the rows timed, when it is not BN with option A (the table has no column)."""
+  models = sorted({model_text(r) for r in records})
+  if models in ([], [model_text({})]):
+    return []
+  if len(models) == 1:
+    return [f"every row times {models[0]}."]
+  return ["rows time different models: " + "; ".join(
+      f"{_label(r)}: {model_text(r)}" for r in records) + "."]
+
+
 def notes(records: list[dict[str, Any]]) -> list[str]:
   """The footnotes a table of these records needs."""
   found = sorted({r["note"] for r in records if r.get("note")})
+  found += model_note(records)
   found += auto_summary(records)
   if any(r.get("peak_memory_source") == "process max RSS" for r in records):
     found.append("peak MiB marked * is the process's max RSS (no device memory stats here).")

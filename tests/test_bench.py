@@ -334,3 +334,14 @@ def test_startup_times_every_phase_of_a_launch(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   launch = json.loads(out.read_text())["launches"][0]
   assert {"data", "init", "eval", "first_step"} <= set(launch["phases"])
+
+
+def test_report_names_the_model_when_it_is_not_bn_with_option_a():
+  record = {"framework": "bnjax", "depth": 8, "members": 1, "dtype": "float32",
+            "executor": "vmap"}
+  assert report.model_note([record, {**record, "norm": "batch", "shortcut": "A"}]) == []
+  assert report.model_note([{**record, "norm": "fixup", "shortcut": "B"}]) == [
+      "every row times norm=fixup, shortcut=B."]
+  mixed = report.model_note([record, {**record, "norm": "none"}])
+  assert len(mixed) == 1 and "norm=batch, shortcut=A" in mixed[0]
+  assert "norm=none, shortcut=A" in mixed[0]
