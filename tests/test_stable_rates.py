@@ -29,7 +29,7 @@ def test_lr_grid_is_log_spaced_and_rounded():
 
 
 def test_default_and_smoke_configs_sweep_depth_and_norm_at_a_constant_rate():
-  for variant in (None, "smoke", "depth110"):
+  for variant in (None, "smoke", "cpu", "depth110"):
     config = load_config("stable_rates", variant)
     config_lib.validate(config)
     assert sweep.arm_fields(config) == ("depth", "norm")
