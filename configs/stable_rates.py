@@ -17,7 +17,7 @@ default puts a ResNet-110 (README, "Does it reproduce the paper?"), so the
 no-BN network diverges at rates the BN one trains at.
 `cpu`: the default's depths at CPU size: BN, none, Fixup and SkipInit, the
 default initialiser, 9 rates 1e-4..1 (half decades), synthetic data, batch
-16, one seed, 30 steps (~30 min on a 2-core CPU). `depth110`: its
+16, one seed, 30 steps (23 min on a 2-core CPU). `depth110`: its
 ResNet-110 column alone (~15 min).
 """
 
