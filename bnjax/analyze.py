@@ -79,14 +79,12 @@ def analyze(workdir: str, step: int | None = None,
   `overrides` set fields of the experiments' `analysis` settings (num_etas,
   pool_size, num_train_batches, ...) where they have them.
   """
-  _check_names(analyses)
-  config = checkpoint.read_config(workdir)
-  written = train.figures(config, workdir) if distributed.is_writer() else []
+  config, written = _redraw_accuracy(workdir, analyses)
   if not analyses:
     return written
+  _check_seed(config, seed)
   run = checkpoint.load(workdir, step)
-  _check_seed(run.config, seed)
-  dataset = data.load(run.config.data)
+  dataset = data.load(config.data)
   for name in analyses:
     written += _measure(workdir, name, run, dataset, seed, overrides)
   return written
@@ -95,9 +93,7 @@ def analyze(workdir: str, step: int | None = None,
 def analyze_all_steps(workdir: str, analyses: tuple[str, ...] = DEFAULT_ANALYSES,
                       seed: int | None = None, **overrides: Any) -> list[str]:
   """`analyze` at every kept checkpoint step; an experiment with `from_workdir` sees them at once."""
-  _check_names(analyses)
-  config = checkpoint.read_config(workdir)
-  written = train.figures(config, workdir) if distributed.is_writer() else []
+  config, written = _redraw_accuracy(workdir, analyses)
   steps = checkpoint.available_steps(workdir)
   if not steps:
     raise errors.WorkdirError(f"{workdir} has no complete checkpoint; train it first.")
@@ -116,6 +112,14 @@ def analyze_all_steps(workdir: str, analyses: tuple[str, ...] = DEFAULT_ANALYSES
       for name in per_step:
         written += _measure(workdir, name, run, dataset, seed, overrides)
   return written
+
+
+def _redraw_accuracy(workdir: str, analyses: tuple[str, ...]
+                     ) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """Checks the analyses' names, then redraws F1 (process 0 only): (the run's config, files)."""
+  _check_names(analyses)
+  config = checkpoint.read_config(workdir)
+  return config, train.figures(config, workdir) if distributed.is_writer() else []
 
 
 def _stem(name: str) -> str:

@@ -150,7 +150,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   dataset = data.load(config.data)  # fails fast, before the workdir is touched
   mesh = mesh_lib.make_mesh(config.mesh)
   writes = distributed.is_writer()  # every process checks the workdir; process 0 writes it
-  workdir_lib.prepare(workdir, config, write=writes)
+  workdir_lib.prepare(workdir, config)
   dataset = mesh_lib.place_replicated(dataset, mesh)
   fields = sweep.arm_fields(config)
   runs = [build_arm(arm, config, mesh) for arm in sweep.make_arms(config)]

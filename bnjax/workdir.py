@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from bnjax import errors
+from bnjax import distributed, errors
 
 CONFIG_FILE = "config.json"
 MEMBERS_FILE = "members.json"
@@ -98,19 +98,18 @@ def _changed_fields(workdir: str, config: ml_collections.ConfigDict) -> list[str
 DEVICE_LAYOUT_FIELDS = ("mesh.members",)
 
 
-def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> None:
+def prepare(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Creates `workdir` and writes config.json, refusing another run's workdir.
 
-  A workdir whose config.json differs from `config` is left untouched. With
-  `write` False (a process other than a multi-process run's writer) it only
-  refuses.
+  A workdir whose config.json differs from `config` is left untouched. In a
+  multi-process run every process checks and process 0 alone writes.
   """
   changed = _changed_fields(workdir, config)
   if changed:
     raise errors.WorkdirError(
         f"{workdir} holds a run with a different config (fields differ:"
         f" {', '.join(changed)}); use a new --workdir, or pass --overwrite to delete that run.")
-  if not write:
+  if not distributed.is_writer():
     return
   os.makedirs(os.path.join(workdir, FIGURES_DIR), exist_ok=True)
   _write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bnjax import checkpoint, data, distributed, experiments, sweep, train
-from bnjax import workdir as workdir_lib
+from bnjax import checkpoint, data, experiments, sweep, train, workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +70,7 @@ def load_then_prepare(config: ml_collections.ConfigDict, workdir: str) -> data.D
   would make the rerun with the right data_dir look like a different run.
   """
   dataset = data.load(config.data)
-  workdir_lib.prepare(workdir, config, write=distributed.is_writer())
+  workdir_lib.prepare(workdir, config)
   return dataset
 
 
@@ -146,13 +145,18 @@ def trained(config: ml_collections.ConfigDict, dataset: data.Dataset, subject: S
   return subject
 
 
+def measured_seed(run: checkpoint.Run, seed: int | None) -> int:
+  """The seed whose members an analysis of `run` measures: `seed`, else the run's first."""
+  return run.config.sweep.seeds[0] if seed is None else seed
+
+
 def at_checkpoint(run: checkpoint.Run, seed: int | None = None) -> Iterator[Subject]:
   """The run's members of `seed` (default: the first), one per (arm, rate), in rate order.
 
   When an arm has several rates, its label names the rate too, so that
   figures drawn per arm label show one panel per (arm, rate).
   """
-  seed = run.config.sweep.seeds[0] if seed is None else seed
+  seed = measured_seed(run, seed)
   for arm in run.arms:
     label = arm_label(run.config, arm)
     for m in arm.members:
@@ -192,7 +196,7 @@ def entry_points(name: str, measure: Callable[..., dict[str, Any]],
 
   def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
                       dataset: data.Dataset, seed: int | None = None) -> dict[str, Any]:
-    seed = run_.config.sweep.seeds[0] if seed is None else seed
+    seed = measured_seed(run_, seed)
     return measure(config, live_at_checkpoint(run_, seed), dataset, run_.step, seed)
 
   return run, from_checkpoint

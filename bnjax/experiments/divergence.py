@@ -120,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
                     dataset: data.Dataset, seed: int | None = None) -> dict[str, Any]:
   """Each live member of `seed` on the minibatch it would train on next (batch `run_.step`)."""
-  seed = run_.config.sweep.seeds[0] if seed is None else seed
+  seed = _members.measured_seed(run_, seed)
   images, labels = _members.train_batch(config, dataset, run_.step, seed=seed)
   arms: dict[str, dict[str, Any]] = {}
   skipped = []

@@ -27,8 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bnjax import data, distributed, experiments, plots, sweep, train
-from bnjax import workdir as workdir_lib
+from bnjax import data, experiments, plots, sweep, train, workdir as workdir_lib
 from bnjax.experiments import _members
 from bnjax.models import mlp
 
@@ -111,7 +110,7 @@ def measure(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[st
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Measures every arm x seed at initialisation; writes the JSON and the figure."""
   dataset = data.load(config.data)  # fails before the workdir is touched
-  workdir_lib.prepare(workdir, config, write=distributed.is_writer())
+  workdir_lib.prepare(workdir, config)
   result = measure(config, dataset)
   experiments.write(workdir, "mean_field", result, figures)
   return result

@@ -241,7 +241,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Numbers:
   """Measures everything, judges it against `paper.CLAIMS`, writes the JSON and Markdown."""
   clock = _Clock()
   dataset, data_name = _load_data(config)
-  workdir_lib.prepare(workdir, config, write=distributed.is_writer())
+  workdir_lib.prepare(workdir, config)
   cfg = config.analysis
   batch = data.train_batch(dataset, config.train.data_seed, 0, cfg.batch_size,
                            config.data.augmentation)

@@ -39,7 +39,6 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -112,12 +111,6 @@ def selected(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subj
       yield subject
 
 
-def next_batch(config: ml_collections.ConfigDict, dataset: data.Dataset,
-               subject: _members.Subject) -> tuple[jax.Array, jax.Array]:
-  """The training batch the subject would train on next: batch `step` of its data stream."""
-  return _members.train_batch(config, dataset, subject.step, seed=subject.seed)
-
-
 def summarize(line: dict[str, Any]) -> dict[str, Any]:
   """One step's numbers from a `divergence.measure` line, on the host.
 
@@ -145,7 +138,8 @@ def summarize(line: dict[str, Any]) -> dict[str, Any]:
 def measure_point(config: ml_collections.ConfigDict, subject: _members.Subject,
                   dataset: data.Dataset) -> dict[str, Any]:
   """The subject's numbers at its step: `divergence.measure` on its next batch, summarized."""
-  return summarize(divergence.measure(config, subject, *next_batch(config, dataset, subject)))
+  batch = _members.train_batch(config, dataset, subject.step, seed=subject.seed)
+  return summarize(divergence.measure(config, subject, *batch))
 
 
 def _series(arms: dict[str, dict[str, Any]], subject: _members.Subject) -> dict[str, Any]:
