@@ -16,6 +16,10 @@ experiment's figures DIR/figures/<name>_step<N>*.png. With `--all_steps`
 every kept checkpoint is measured: by the experiment's `from_workdir` where
 it has one (smoothness: one result over training, <name>_all_steps.json),
 else by `from_checkpoint` at each step (<name>_step<N>.json for every N).
+
+It holds the workdir's lock while it runs: a sweep still training (or
+another analysis) holds it too, and is named in the refusal; analyse a run
+once its command has ended.
 """
 
 import sys
@@ -24,12 +28,13 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from bnjax import checkpoint, data, distributed, errors, experiments
+from bnjax import checkpoint, data, distributed, errors, experiments, ownership
+from bnjax import workdir as workdir_lib
 from bnjax.experiments import train
 
 DEFAULT_ANALYSES = ("divergence", "sgd_noise")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished or running sweep.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a sweep whose command has ended.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to analyse (default: the latest).")
 _ALL_STEPS = flags.DEFINE_bool("all_steps", False, "Analyse every kept checkpoint step.")
 _ANALYSES = flags.DEFINE_list("analyses", list(DEFAULT_ANALYSES),
@@ -116,8 +121,13 @@ def analyze_all_steps(workdir: str, analyses: tuple[str, ...] = DEFAULT_ANALYSES
 
 def _redraw_accuracy(workdir: str, analyses: tuple[str, ...]
                      ) -> tuple[ml_collections.ConfigDict, list[str]]:
-  """Checks the analyses' names, then redraws F1 (process 0 only): (the run's config, files)."""
+  """Checks the analyses' names and claims the workdir, then redraws F1 (process 0 only).
+
+  Returns (the run's config, the files written). A workdir that another
+  process is writing (a run still training) is refused, naming it.
+  """
   _check_names(analyses)
+  workdir_lib.claim_existing(workdir)
   config = checkpoint.read_config(workdir)
   return config, train.figures(config, workdir) if distributed.is_writer() else []
 
@@ -151,6 +161,12 @@ def main(argv: list[str]) -> None:
   except errors.BnjaxError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    print("error: interrupted (Ctrl-C); the files written so far are whole, the rest are not"
+          " written.", file=sys.stderr)
+    sys.exit(130)
+  finally:
+    ownership.release(_WORKDIR.value)
   for path in written:
     logging.info("wrote %s", path)
 

@@ -2,12 +2,20 @@
 
     DIR/checkpoints/<step>/arms       per arm: stacked member states and the
                                       metric sums since the last log line
-    DIR/checkpoints/<step>/progress   JSON: step, last_log_step, state_format
+    DIR/checkpoints/<step>/progress   JSON: step, last_log_step, state_format,
+                                      run_id (the run.json of the workdir it
+                                      was saved in), checksums (`checksums`)
 
 A checkpoint holds everything needed to continue exactly: member states
 (params, BN statistics, optimizer state, base rate, diverged flag and step),
 and the data-stream position, which is the step itself because batch t is a
 pure function of (data seed, t).
+
+Every restore verifies what it read: the checkpoint must belong to the run
+in its workdir (same run id), and every array must match the CRC32
+checksums saved with it, one per member (row of the leading axis) per
+array. A mismatch is reported in one sentence naming the step, the array
+and the member; nothing falls back silently.
 
 In an analysis script or notebook:
 
@@ -18,19 +26,21 @@ In an analysis script or notebook:
 """
 
 import dataclasses
-import json
 import os
+import zlib
 from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from bnjax import errors, models, sweep, train, workdir as workdir_lib
+from bnjax import errors, models, ownership, sweep, train, workdir as workdir_lib
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = ownership.CHECKPOINT_DIR
 # The layout of the saved arms tree (which leaves, their shapes); bump it when
 # the member state changes shape, so that an old checkpoint is reported as
 # such. Checkpoints from before it existed have no "state_format".
@@ -70,23 +80,53 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict,
   return ocp.CheckpointManager(_directory(workdir), options=options, item_handlers=handlers)
 
 
+def _workdir(manager: ocp.CheckpointManager) -> str:
+  return os.path.dirname(str(manager.directory))
+
+
 def save(manager: ocp.CheckpointManager, step: int, arms: list[dict[str, Any]],
          progress: dict[str, int], force: bool = False) -> bool:
   """Starts an asynchronous save of `arms` (a pytree) and `progress` at `step`.
 
   Saves only at a step the manager's policy picks (see `make_manager`),
   or at any with `force`; returns whether it saved. `progress` is saved
-  with this bnjax's STATE_FORMAT added.
+  with this bnjax's STATE_FORMAT, the run id of the workdir and the arrays'
+  checksums added. `arms` should be host arrays (the loop's snapshot);
+  arrays spread over several processes must be replicated.
   """
-  progress = {**progress, "state_format": STATE_FORMAT}
+  if not manager.should_save(step) and not force:
+    return False
+  progress = {**progress, "state_format": STATE_FORMAT, "checksums": checksums(arms)}
+  run = ownership.run_id(_workdir(manager))
+  if run is not None:
+    progress["run_id"] = run
   return manager.save(step, args=ocp.args.Composite(
       arms=ocp.args.StandardSave(arms), progress=ocp.args.JsonSave(progress)), force=force)
+
+
+def checksums(tree: Any) -> dict[str, list[int]]:
+  """CRC32 of every array of `tree` per row of its leading (member) axis: {leaf path: [crc]}."""
+  return {path: _row_checksums(leaf) for path, leaf in _named_leaves(tree)}
+
+
+def _row_checksums(leaf: Any) -> list[int]:
+  x = np.ascontiguousarray(_on_host(leaf))
+  return [zlib.crc32(x)] if x.ndim == 0 else [zlib.crc32(row) for row in x]
+
+
+def _on_host(leaf: Any) -> np.ndarray:
+  """A whole array on the host; an array over several processes must be replicated."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    if not leaf.sharding.is_fully_replicated:
+      raise ValueError("checkpoint checksums need arrays replicated over the processes.")
+    return np.asarray(leaf.addressable_data(0))
+  return np.asarray(leaf)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str, Any]],
             sharding: jax.sharding.Sharding | None = None
             ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-  """Restores (arms, progress) at `step` with every array laid out by `sharding`.
+  """Restores (arms, progress) at `step` with every array laid out by `sharding`, verified.
 
   By default onto this process's first device: in a multi-process run each
   process then holds a whole copy of its own (every process must call this,
@@ -96,31 +136,69 @@ def restore(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str,
   devices and processes. `like_arms` gives the structure, shapes and dtypes
   (arrays or ShapeDtypeStructs). A checkpoint whose saved tree has other
   leaves or shapes (written by a bnjax with another member state) is
-  reported as such, not as damaged.
+  reported as such, not as damaged; one of another run, or whose arrays do
+  not match their checksums, is refused.
   """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           like_arms)
   path = os.path.join(str(manager.directory), str(step))
   try:
-    _check_layout(manager, step, like_arms, path)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        arms=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+    progress = dict(manager.restore(step, args=ocp.args.Composite(
+        progress=ocp.args.JsonRestore()))["progress"])
+    _check_run(manager, progress, path)
+    _check_layout(manager, step, like_arms, path, progress)
+    arms = manager.restore(step, args=ocp.args.Composite(
+        arms=ocp.args.StandardRestore(abstract)))["arms"]
   except errors.WorkdirError:
     raise
   except Exception as e:  # Orbax raises many types for damaged files
     raise errors.WorkdirError(
         f"The checkpoint {path} cannot be read ({type(e).__name__}); delete that"
         " directory to fall back to the previous checkpoint, or use a new --workdir.") from None
-  return restored["arms"], dict(restored["progress"])
+  _verify(manager, step, arms, progress.pop("checksums", None), path)
+  return arms, progress
+
+
+def _check_run(manager: ocp.CheckpointManager, progress: dict[str, Any], path: str) -> None:
+  """Raises WorkdirError if the checkpoint records a run other than its workdir's."""
+  saved, own = progress.get("run_id"), ownership.run_id(_workdir(manager))
+  if saved is not None and own is not None and saved != own:
+    raise errors.WorkdirError(
+        f"The checkpoint {path} belongs to another run (run id {saved}, this workdir's is {own}),"
+        " so it was copied or left here from elsewhere; move it out of checkpoints/, or use a"
+        " new --workdir.")
+
+
+def _verify(manager: ocp.CheckpointManager, step: int, arms: Any,
+            saved: dict[str, list[int]] | None, path: str) -> None:
+  """Raises WorkdirError naming the first array whose checksum differs from the saved one."""
+  if saved is None:
+    logging.warning("The checkpoint %s has no checksums (saved by an older bnjax), so it is not"
+                    " verified.", path)
+    return
+  wrong = [(p, m) for p, crcs in checksums(arms).items()
+           for m, (a, b) in enumerate(zip(crcs, saved.get(p, crcs))) if a != b]
+  if not wrong:
+    return
+  (leaf, member), more = wrong[0], len({p for p, _ in wrong}) - 1
+  arm, _, array = leaf.partition("/")  # the payload is a list of arms
+  earlier = [s for s in manager.all_steps() if s < step]
+  fallback = (f"to fall back to the previous checkpoint (step {max(earlier)})" if earlier
+              else "and start the run anew")
+  raise errors.WorkdirError(
+      f"The checkpoint {path} is damaged: the array {array} of arm {arm}'s member {member}"
+      f" (step {step}) does not match the checksum saved with it"
+      + (f", nor do {more} other arrays" if more else "")
+      + f"; delete that directory {fallback}, or use a new --workdir.")
 
 
 def _check_layout(manager: ocp.CheckpointManager, step: int, like_arms: list[dict[str, Any]],
-                  path: str) -> None:
+                  path: str, progress: dict[str, Any]) -> None:
   """Raises WorkdirError if the saved arms tree has other leaves or shapes than `like_arms`.
 
-  Reads only metadata (and the progress JSON for the message); if those cannot
-  be read, the exception reaches `restore`, which reports a damaged checkpoint.
+  Reads only metadata; if that cannot be read, the exception reaches
+  `restore`, which reports a damaged checkpoint.
   """
   saved = manager.item_metadata(step)["arms"]
   if saved is None:
@@ -128,8 +206,7 @@ def _check_layout(manager: ocp.CheckpointManager, step: int, like_arms: list[dic
   differences = _layout_differences(_layout(getattr(saved, "tree", saved)), _layout(like_arms))
   if not differences:
     return
-  progress = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
-  written = progress["progress"].get("state_format", "unrecorded, older than 1")
+  written = progress.get("state_format", "unrecorded, older than 1")
   shown = ", ".join(differences[:3]) + (f" and {len(differences) - 3} more"
                                         if len(differences) > 3 else "")
   raise errors.WorkdirError(
@@ -138,15 +215,24 @@ def _check_layout(manager: ocp.CheckpointManager, step: int, like_arms: list[dic
       " the bnjax version that wrote it, or use a new --workdir.")
 
 
-def _layout(tree: Any) -> dict[str, tuple[int, ...]]:
-  """Leaf path ("0/states/params/stem/conv/kernel") -> shape, for arrays or Orbax metadata."""
+def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
+  """(leaf path "0/states/params/stem/conv/kernel", leaf) for arrays or Orbax metadata.
+
+  Dict keys, sequence indices and attribute names (MemberState's fields)
+  are named alike, so a tree of state dicts and one of MemberStates agree.
+  """
   def name(key: Any) -> str:
     for field in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey (namedtuples)
       if hasattr(key, field):
         return str(getattr(key, field))
     return str(key)
-  return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return [("/".join(name(k) for k in path), leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _layout(tree: Any) -> dict[str, tuple[int, ...]]:
+  """Leaf path -> shape, for arrays or Orbax metadata."""
+  return {path: tuple(getattr(leaf, "shape", ())) for path, leaf in _named_leaves(tree)}
 
 
 def _layout_differences(saved: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
@@ -234,13 +320,7 @@ def available_steps(workdir: str) -> list[int]:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config saved with a run."""
-  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
-  try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (OSError, json.JSONDecodeError) as e:
-    raise errors.WorkdirError(
-        f"{path} cannot be read ({e}); point at the workdir of a bnjax run.") from None
+  return ml_collections.ConfigDict(workdir_lib.read_config_json(workdir))
 
 
 def abstract_arms(arms: list[sweep.Arm], config: ml_collections.ConfigDict) -> list[dict[str, Any]]:

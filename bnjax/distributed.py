@@ -15,13 +15,15 @@ JAX_COORDINATOR_PORT, JAX_COORDINATOR_BIND_ADDRESS) itself but not the
 other two, so `initialize` reads those and passes them on.
 
 Every process runs the same program on its own devices. In a sweep
-(`loop.train_sweep`) every process checks the workdir, fetches what is
-logged (`mesh.fetch`, a collective) and saves and restores its share of each
-checkpoint, but only the writer (process 0, `is_writer`) writes config.json,
-members.json, metrics.jsonl, figures and JSON. bnjax notes SIGTERM itself and
-agrees on it over the processes (`any_process`), so `initialize` turns JAX's
-preemption service off: its SIGTERM handler would swallow a signal that
-arrives outside the training loop.
+(`loop.train_sweep`) every process fetches what is logged (`mesh.fetch`, a
+collective) and saves and restores its share of each checkpoint, but only
+the writer (process 0, `is_writer`) claims the workdir (`workdir.claim`: its
+checks and its lock; every process stops with its refusal, `first_message`)
+and writes config.json, members.json, metrics.jsonl, figures and JSON.
+bnjax notes SIGTERM and SIGINT itself and agrees on them over the processes
+(`any_process`), so `initialize` turns JAX's preemption service off: its
+SIGTERM handler would swallow a signal that arrives outside the training
+loop.
 """
 
 import os
@@ -113,6 +115,28 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+_MESSAGE_BYTES = 2048
+
+
+def first_message(message: str | None) -> str | None:
+  """The `message` of the lowest-numbered process that has one (None if none has).
+
+  A collective, so every process must call it: the processes agree, say,
+  on why the writer refused a workdir, and all stop with its sentence
+  (truncated to 2 KiB of UTF-8).
+  """
+  if jax.process_count() == 1:
+    return message
+  encoded = (message or "").encode()[:_MESSAGE_BYTES]
+  buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
+  buffer[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  for row in np.asarray(multihost_utils.process_allgather(buffer)):
+    text = bytes(row).rstrip(b"\0").decode(errors="ignore")
+    if text:
+      return text
+  return None
 
 
 def barrier(name: str) -> None:

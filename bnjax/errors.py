@@ -14,4 +14,13 @@ class WorkdirError(BnjaxError):
 
 
 class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was saved and the run stopped cleanly."""
+  """SIGTERM or SIGINT (Ctrl-C) arrived; a checkpoint was saved and the run stopped cleanly.
+
+  `exit_code` is what a shell reports for a process ended by that signal
+  (128 + its number: 143 for SIGTERM, 130 for SIGINT), so that wrappers can
+  tell a stopped run (rerun it to resume) from a finished one.
+  """
+
+  def __init__(self, message: str, exit_code: int = 143):
+    super().__init__(message)
+    self.exit_code = exit_code

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import signal
 import time
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -85,27 +86,38 @@ def _metric_records(run: ArmRun, step: int, interval_start: int, fields: tuple[s
   return records
 
 
-class _SigtermFlag:
-  """Notes SIGTERM (how clusters announce preemption) instead of dying on it.
+class _StopSignals:
+  """Notes SIGTERM (how clusters announce preemption) and SIGINT (Ctrl-C) instead of dying on them.
 
-  Each process sees only its own signal. One process stops at the step after
-  it; several agree at each `sync_point` (a log or checkpoint step, where they
-  meet anyway) whether any of them saw one, so that all stop and save at the
-  same step: the first such point after the signal, up to `log_every` steps on.
+  Either makes the run save a checkpoint and stop (`errors.Preempted`, exit
+  status 128 + the signal's number); a second Ctrl-C stops at once, without
+  saving. Each process sees only its own signal. One process stops at the
+  step after it; several agree at each `sync_point` (a log or checkpoint
+  step, where they meet anyway) whether any of them saw one, so that all
+  stop and save at the same step: the first such point after the signal, up
+  to `log_every` steps on.
   """
 
-  def __enter__(self) -> "_SigtermFlag":
-    self.raised = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+  NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
+
+  def __enter__(self) -> "_StopSignals":
+    self.received: int | None = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self.NAMES}
     return self
 
   def _handle(self, signum, frame) -> None:
-    del signum, frame
-    self.raised = True
+    del frame
+    if signum == signal.SIGINT and self.received == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    if signum == signal.SIGINT:
+      logging.warning("Ctrl-C: saving a checkpoint at the next step, then stopping; press Ctrl-C"
+                      " again to stop at once, without saving.")
+    self.received = self.received or signum
 
   def __exit__(self, *exc) -> None:
     # None: the previous handler was not Python's, and cannot be put back.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, signal.SIG_DFL if previous is None else previous)
 
   def stops(self, sync_point: bool) -> bool:
     """Whether the run stops at this step; with several processes, a collective at sync points.
@@ -113,8 +125,36 @@ class _SigtermFlag:
     Every process must call it at every step, with the same `sync_point`.
     """
     if jax.process_count() == 1:
-      return self.raised  # no collective on the per-step path
-    return sync_point and distributed.any_process(self.raised)
+      return self.received is not None  # no collective on the per-step path
+    return sync_point and distributed.any_process(self.received is not None)
+
+  def stopped(self, step: int, workdir: str) -> errors.Preempted:
+    """The exception that ends the run after the save at `step`."""
+    signum = self.received or signal.SIGTERM  # a process that saw none stops with the others
+    return errors.Preempted(f"{self.NAMES[signum]} at step {step}: saved a checkpoint in"
+                            f" {workdir}; rerun the same command to resume.", 128 + signum)
+
+
+@contextlib.contextmanager
+def _saving(manager) -> Iterator[None]:
+  """Turns a failed checkpoint save (a full disk, say) into one sentence naming the directory.
+
+  Orbax saves in the background and reports a failure at the next save or
+  wait; the checkpoints saved before stay complete, and a rerun resumes from
+  the latest.
+  """
+  try:
+    yield
+  except (errors.BnjaxError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # Orbax and TensorStore raise many types
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    cause = ("the disk is full (No space left on device)" if "No space left" in text
+             or "os_error_code='28'" in text else text[:300])
+    raise errors.WorkdirError(
+        f"Saving a checkpoint into {manager.directory} failed: {cause}; the checkpoints saved"
+        " before are intact: fix that and rerun the same command to resume from the latest.")\
+        from None
 
 
 def _payload(runs: list[ArmRun]) -> list[dict]:
@@ -143,13 +183,14 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs the whole sweep into `workdir`, resuming from its latest checkpoint.
 
   Returns the final members table. Raises `Preempted` after saving when
-  SIGTERM arrives. In a multi-process run (`bnjax.distributed`) every process
-  calls it alike: all check the workdir, fetch what is logged and save their
-  parts of each checkpoint, and process 0 alone writes the workdir's files.
+  SIGTERM or SIGINT arrives, and WorkdirError when a save fails. In a
+  multi-process run (`bnjax.distributed`) every process calls it alike: all
+  fetch what is logged and save their parts of each checkpoint, and process
+  0 alone claims and writes the workdir.
   """
   dataset = data.load(config.data)  # fails fast, before the workdir is touched
   mesh = mesh_lib.make_mesh(config.mesh)
-  writes = distributed.is_writer()  # every process checks the workdir; process 0 writes it
+  writes = distributed.is_writer()  # process 0 claims and writes the workdir (`workdir.claim`)
   workdir_lib.prepare(workdir, config)
   dataset = mesh_lib.place_replicated(dataset, mesh)
   fields = sweep.arm_fields(config)
@@ -158,7 +199,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   num_steps = config.train.num_steps
   manager = checkpoint.make_manager(workdir, config)
   with contextlib.ExitStack() as closing:  # however the run ends, saves finish and files close
-    closing.callback(manager.close)
+    closing.callback(_close, manager)
     resumed = _resume(runs, manager, workdir, mesh)
     start, last_log_step = resumed or (0, 0)
     if writes:
@@ -190,8 +231,9 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       Every process saves (Orbax writes each one's part of the arrays).
       """
       if due or preempted:
-        checkpoint.save(manager, step, _payload(runs),
-                        {"step": step, "last_log_step": last_log_step}, force=preempted)
+        with _saving(manager):
+          checkpoint.save(manager, step, _payload(runs),
+                          {"step": step, "last_log_step": last_log_step}, force=preempted)
 
     write_members(finished=False)
     if not resumed:
@@ -200,7 +242,7 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     logging.info("Training %d members in %d arm(s), steps %d to %d.",
                  num_members, len(runs), start, num_steps)
     last_log_time = time.perf_counter()
-    with _SigtermFlag() as sigterm:
+    with _StopSignals() as signals:
       for step in range(start, num_steps):
         step_array = jnp.asarray(step, jnp.int32)
         for run in runs:
@@ -217,18 +259,24 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
           last_log_step, last_log_time = done, now
           write_members(finished=False)
         due = manager.should_save(done)
-        preempted = sigterm.stops(sync_point=logs or due)  # read once: it forces the save
+        preempted = signals.stops(sync_point=logs or due)  # read once: it forces the save
         save(done, due, preempted)
         if preempted and done < num_steps:
-          manager.wait_until_finished()
-          raise errors.Preempted(f"SIGTERM at step {done}: saved a checkpoint in {workdir};"
-                                 " rerun the same command to resume.")
-    manager.wait_until_finished()
+          with _saving(manager):
+            manager.wait_until_finished()
+          raise signals.stopped(done, workdir)
+    with _saving(manager):
+      manager.wait_until_finished()
   table = write_members(finished=True)
   if writes:
     plots.accuracy_figure(workdir_lib.read_metrics(workdir), table, fields,
                           workdir_lib.figure_path(workdir, "accuracy"), num_steps)
   return table
+
+
+def _close(manager) -> None:
+  with _saving(manager):
+    manager.close()
 
 
 def _is_eval(step: int, config: ml_collections.ConfigDict) -> bool:

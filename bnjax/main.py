@@ -12,7 +12,8 @@ import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
-from bnjax import config as config_lib, distributed, errors, experiments, workdir as workdir_lib
+from bnjax import config as config_lib, distributed, errors, experiments, ownership
+from bnjax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':variant'.",
@@ -26,16 +27,23 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-# 128 + SIGTERM, as a shell reports a process ended by SIGTERM: wrappers can
-# tell a preempted run (resume it) from a finished one.
-PREEMPTED_EXIT_CODE = 143
+# 128 + SIGINT, as a shell reports a process ended by Ctrl-C; a run stopped by
+# SIGTERM exits 143 (`errors.Preempted`).
+INTERRUPTED_EXIT_CODE = 130
 
 
 class _QuietOrbax(pylogging.Filter):
-  """Drops Orbax's per-save INFO chatter; its warnings and errors still show."""
+  """Drops Orbax's per-save INFO chatter, and the tracebacks of its errors.
+
+  Its warnings and errors still show, one line each; bnjax reports what
+  failed (a save into a full disk, say) in its own sentence.
+  """
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+    if "orbax" not in record.pathname:
+      return True
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= pylogging.WARNING
 
 
 def _config_spec(argv: list[str]) -> str | None:
@@ -96,28 +104,47 @@ def _parse_flags(argv: list[str]) -> list[str]:
              f"check its spelling: {section} has the fields {fields}.")
 
 
+def _drop_closed_loop_errors() -> None:
+  """Silences "Event loop is closed" tracebacks, which TensorStore reports by the hundred
+  (as unraisable exceptions, from its threads) when an Orbax save fails, a full disk say,
+  after Orbax closed the save's event loop.
+
+  The failure itself is reported once, by bnjax (`loop._saving`).
+  """
+  previous = sys.unraisablehook
+  def hook(unraisable) -> None:
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  sys.unraisablehook = hook
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  _drop_closed_loop_errors()
   config = _CONFIG.value
   try:
     # Before anything touches JAX's devices: they are fixed when its backend starts.
     distributed.initialize(_DISTRIBUTED.value)
     config_lib.validate(config)
     job = experiments.get(config.job).run
-    if _OVERWRITE.value:
-      # The writer alone deletes; the others read the workdir only once it has.
-      if distributed.is_writer() and workdir_lib.discard_other_run(_WORKDIR.value, config):
-        logging.warning("Deleted the run with a different config in %s.", _WORKDIR.value)
-      distributed.barrier("bnjax overwrite")
+    # Held until the job ends: no other process writes this workdir meanwhile.
+    workdir_lib.claim(_WORKDIR.value, config, overwrite=_OVERWRITE.value)
     job(config, _WORKDIR.value)
   except errors.BnjaxError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
   except errors.Preempted as e:
     logging.warning("%s", e)
-    sys.exit(PREEMPTED_EXIT_CODE)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    print("error: interrupted (Ctrl-C) before a checkpoint could be saved; rerun the same"
+          " command to resume from the last one.", file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT_CODE)
+  finally:
+    ownership.release(_WORKDIR.value)
   logging.info("Done; outputs are in %s", _WORKDIR.value)
 
 

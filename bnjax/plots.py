@@ -16,6 +16,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from bnjax import files
+
 
 def subplots(nrows: int, ncols: int, figsize: tuple[float, float],
               **kwargs: Any) -> tuple[Figure, Any]:
@@ -25,10 +27,39 @@ def subplots(nrows: int, ncols: int, figsize: tuple[float, float],
 
 
 def save(fig: Figure, path: str, title: str) -> None:
-  """Titles, lays out and writes (PNG, 120 dpi) a figure."""
+  """Titles, lays out and writes (PNG, 120 dpi) a figure, replacing `path` whole."""
+  for ax in fig.axes:
+    _note_if_nothing_to_draw(ax)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with files.replaced(path, binary=True) as f:
+    fig.savefig(f, format="png", dpi=120)
+
+
+def _note_if_nothing_to_draw(ax: Any) -> None:
+  """A log axis with no positive finite value to draw (every measurement non-finite, say)
+  gets a note saying so, and the range of the lines' own coordinates on it (or 0.1 to 10),
+  where matplotlib would fail to place its ticks."""
+  empty = False
+  for axis, scale, (_, high), set_limits in (
+      (0, ax.get_xscale(), ax.dataLim.intervalx, ax.set_xlim),
+      (1, ax.get_yscale(), ax.dataLim.intervaly, ax.set_ylim)):
+    if scale == "log" and not (np.isfinite(high) and high > 0):
+      values = np.concatenate([np.asarray(line.get_data()[axis], float).ravel()
+                               for line in ax.get_lines() if line.get_transform() is ax.transData]
+                              + [np.zeros(0)])
+      values = values[np.isfinite(values) & (values > 0)]
+      low, high = (values.min(), values.max()) if values.size else (0.1, 10.0)
+      set_limits(low, high if high > low else low * 10)
+      empty = True
+  if empty:
+    ax.text(0.5, 0.5, "no finite values to draw", transform=ax.transAxes, ha="center",
+            va="center", color="gray")
+
+
+def number(value: float | None, spec: str = ".2g") -> str:
+  """A measured number for a label; None (how JSON holds a non-finite one) as "non-finite"."""
+  return "non-finite" if value is None else format(value, spec)
 
 
 def _arm_label(record: dict[str, Any], fields: Sequence[str]) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 import textwrap
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from bnjax import analyze, config as config_lib, data, distributed, errors, experiments
-from bnjax.experiments import _members
+from bnjax.experiments import _members, divergence
 
 from conftest import tiny_config
 
@@ -62,6 +63,25 @@ def test_layer_experiments_measure_a_checkpoint_too(trained_workdir):
   assert gradients["step"] == 3
   assert [(m["arm"], m["lr"], m["step"]) for m in gradients["members"]] == [
       ("norm=batch", 0.01, 3)]
+
+
+def test_a_run_without_members_json_is_one_sentence(trained_workdir, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  os.remove(workdir / "members.json")
+  with pytest.raises(errors.WorkdirError, match="members.json is missing, so the run's members"):
+    analyze.analyze(str(workdir), analyses=("divergence",), num_etas=3)
+
+
+def test_a_non_finite_measurement_is_drawn_as_such(tmp_path):
+  """A damaged or diverging member measures None (JSON's non-finite); the figure still draws."""
+  line = {"lr": 0.1, "minibatch": 0, "eta_E": [1e-3, 1e-2], "relative_loss_E": [None, None],
+          "grad_change_E": [None, None], "max_stable_eta": None, "beta_smoothness": None}
+  result = {"threshold": 2.0, "step": 3,
+            "arms": [{"norm": "batch", "shortcut": "A", "depth": 8, "lines": [line]}]}
+  (tmp_path / "figures").mkdir()
+  [path] = divergence.figures(result, str(tmp_path), "divergence")
+  assert os.path.getsize(path) > 1000
 
 
 def test_analyze_refuses_unknown_analyses_and_seeds(trained_workdir):

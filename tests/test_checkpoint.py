@@ -87,16 +87,20 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
-def test_killed_then_preempted_run_resumes_bit_identical(uninterrupted, tmp_path):
+def test_killed_then_interrupted_run_resumes_bit_identical(uninterrupted, tmp_path):
+  """SIGKILL, then Ctrl-C (SIGINT), which saves and stops as SIGTERM does (exit 130, no
+  traceback; SIGTERM to a multi-process run: tests/test_multiprocess.py), then resume."""
   workdir = tmp_path / "run"
   kill_at, term_at = np.random.default_rng(0).integers([2, 9], [8, 14])
   killed = _start_and_signal(workdir, int(kill_at), signal.SIGKILL)
   assert killed.returncode == -signal.SIGKILL
-  preempted = _start_and_signal(workdir, int(term_at), signal.SIGTERM)
-  assert preempted.returncode == 143, preempted.stderr[-3000:]
+  preempted = _start_and_signal(workdir, int(term_at), signal.SIGINT)
+  assert preempted.returncode == 130, preempted.stderr[-3000:]
+  assert "SIGINT (Ctrl-C) at step" in preempted.stderr
   assert "rerun the same command to resume" in preempted.stderr
+  assert "Traceback" not in preempted.stderr
   saved = checkpoint.available_steps(workdir)
-  assert max(saved) >= term_at  # saved at the step SIGTERM arrived, not at a cadence step
+  assert max(saved) >= term_at  # saved at the step SIGINT arrived, not at a cadence step
   resumed = _run(workdir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming" in resumed.stderr
@@ -146,6 +150,34 @@ def test_damaged_checkpoint_is_reported_in_one_sentence(uninterrupted, tmp_path)
   # A half-written save (Orbax's temporary directory) is never picked up.
   (workdir / "checkpoints" / "17.orbax-checkpoint-tmp-1").mkdir()
   assert checkpoint.available_steps(workdir)[-1] == NUM_STEPS
+
+
+def _flip_bytes(checkpoint_dir, count: int = 8) -> None:
+  """Inverts `count` bytes in the middle of the checkpoint's largest file: same size, same
+  structure, other values."""
+  paths = [os.path.join(root, name) for root, _, names in os.walk(checkpoint_dir) for name in names]
+  path = max(paths, key=os.path.getsize)
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    data = f.read(count)
+    f.seek(os.path.getsize(path) // 2)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_a_flipped_byte_is_found_on_every_restore(uninterrupted, tmp_path):
+  """checkpoint.load (analyses) and the resume of the training command both refuse the
+  checkpoint, naming its step and an array, and say how to fall back."""
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  _flip_bytes(workdir / "checkpoints" / str(NUM_STEPS))
+  damaged = (f"checkpoints/{NUM_STEPS} is damaged: the array .* \\(step {NUM_STEPS}\\) does"
+             " not match the checksum saved with it.*delete that directory to fall back to the"
+             " previous checkpoint \\(step 15\\)")
+  with pytest.raises(errors.WorkdirError, match=damaged):
+    checkpoint.load(workdir)
+  with pytest.raises(errors.WorkdirError, match=damaged):
+    loop.train_sweep(checkpoint.read_config(workdir), str(workdir))
+  assert checkpoint.load(workdir, step=15).step == 15  # the others are intact
 
 
 def test_example_script_inspects_a_member(uninterrupted):

@@ -123,7 +123,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(runs, tmp_pat
          and all(p.poll() is None for p in processes) and time.time() < deadline):
     time.sleep(0.05)
   processes[1].send_signal(signal.SIGTERM)  # process 0 sees no signal of its own
-  outputs = _wait(processes, logs, returncode=143)  # main.PREEMPTED_EXIT_CODE
+  outputs = _wait(processes, logs, returncode=143)  # errors.Preempted: 128 + SIGTERM
   steps = [re.findall(r"SIGTERM at step (\d+)", output) for output in outputs]
   assert steps[0] == steps[1] and len(steps[0]) == 1, steps
   assert checkpoint.available_steps(workdir)[-1] == int(steps[0][0]) < 12

@@ -148,9 +148,9 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
     for line in arm["lines"]:
       eta, name = plots.as_float(line["eta_E"]), _line_name(line, arm["lines"])
       top.plot(eta, plots.as_float(line["relative_loss_E"]), marker="o", ms=3,
-               label=f"{name} (max stable η {line['max_stable_eta']:.2g})")
+               label=f"{name} (max stable η {plots.number(line['max_stable_eta'])})")
       bottom.plot(eta, plots.as_float(line["grad_change_E"]), marker="o", ms=3,
-                  label=f"{name} (β-smoothness {line['beta_smoothness']:.2g})")
+                  label=f"{name} (β-smoothness {plots.number(line['beta_smoothness'])})")
     top.axhline(result["threshold"], color="k", ls="--", lw=1, label="divergence threshold")
     top.axhline(1.0, color="gray", lw=0.5)
     rates = {line["lr"] for line in arm["lines"]}

@@ -97,8 +97,9 @@ def output_gradient_figure(members: list[dict], path: str, when: str) -> None:
     im = ax.imshow(g, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
                    interpolation="nearest")
     fig.colorbar(im, ax=ax, label="∂L/∂logit (batch-mean loss)")
-    ax.set_title(f"{r['arm']}\nsame top class {r['same_class_share']:.2f}, mean cosine"
-                 f" {r['mean_cosine']:.2f}\npredicted-class share {r['prediction_share']:.2f}",
+    ax.set_title(f"{r['arm']}\nsame top class {plots.number(r['same_class_share'], '.2f')}, mean"
+                 f" cosine {plots.number(r['mean_cosine'], '.2f')}\npredicted-class share"
+                 f" {plots.number(r['prediction_share'], '.2f')}",
                  fontsize=9)
     ax.set_xlabel("class")
     ax.set_ylabel("image in batch")
@@ -119,7 +120,7 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str, when: 
     h = records[0]["layer_histogram"]
     edges = plots.as_float(h["edges"])
     ax.stairs(h["counts"], edges, fill=True, color=f"C{i}", alpha=0.7)
-    ax.set_title(f"{arm}: layer {layer}, std {h['std']:.3g}", fontsize=10)
+    ax.set_title(f"{arm}: layer {layer}, std {plots.number(h['std'], '.3g')}", fontsize=10)
     ax.set_xlabel("weight gradient ∂L/∂w")
     ax.set_ylabel("count")
   norm_ax = axes[0][-1]

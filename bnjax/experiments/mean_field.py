@@ -128,7 +128,7 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
       mean, std = plots.as_float(s["log_mean"]), plots.as_float(s["log_std"])
       layers = np.arange(1, len(mean) + 1)
       ax.plot(layers, np.exp(mean), "o-", ms=3, color=f"C{i}",
-              label=f"{label}: fit {s['fitted_factor']:.3f}/layer")
+              label=f"{label}: fit {plots.number(s['fitted_factor'], '.3f')}/layer")
       ax.fill_between(layers, np.exp(mean - std), np.exp(mean + std), color=f"C{i}", alpha=0.2)
       anchor = len(mean) - 1 - result["fit_skip"]  # the line passes the last fitted layer
       predicted = np.exp(mean[anchor]) * arm["predicted_factor"] ** (layers[anchor] - layers)

@@ -85,7 +85,7 @@ def random_matrix_figure(results: dict, path: str, when: str) -> None:
   for i, (arm, records) in enumerate(arms.items()):
     for j, r in enumerate(records):
       s = plots.as_float(r["singular_values"])
-      label = f"{arm} (log10 cond {r['log10_condition']:.2f})" if j == 0 else None
+      label = f"{arm} (log10 cond {plots.number(r['log10_condition'], '.2f')})" if j == 0 else None
       alpha = 1.0 if j == 0 else 0.4
       sorted_ax.plot(np.arange(1, len(s) + 1), s, "o-", ms=2, color=f"C{i}", alpha=alpha,
                      label=label)

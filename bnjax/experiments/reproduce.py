@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bnjax import data, distributed, forward, paper, sweep, train
+from bnjax import data, distributed, files, forward, paper, sweep, train
 from bnjax import workdir as workdir_lib
 from bnjax.analysis import activations as act, common, gradients as grad, landscape, noise
 from bnjax.analysis import random_matrix as rm
@@ -267,7 +267,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Numbers:
             "rows": rows, "arms": arms}
   if distributed.is_writer():
     workdir_lib.write_analysis(workdir, "reproduction", result)
-    with open(os.path.join(workdir, "reproduction.md"), "w") as f:
+    with files.replaced(os.path.join(workdir, "reproduction.md")) as f:
       f.write(markdown(result))
   return result
 

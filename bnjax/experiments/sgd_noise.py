@@ -188,8 +188,8 @@ def _layer_panel(ax, alive: list[dict[str, Any]]) -> None:
   for m in alive:
     kernels = [v for k, v in zip(m["layers"], m["layer_C"]) if k.endswith("kernel")]
     ax.plot(range(len(kernels)), plots.as_float(kernels), marker=".",
-            label=f"lr {m['lr']:g}  (B_simple {m['b_simple']:.3g},"
-                  f" two-batch {m['b_simple_two_batch_train_mode']:.3g})")
+            label=f"lr {m['lr']:g}  (B_simple {plots.number(m['b_simple'], '.3g')},"
+                  f" two-batch {plots.number(m['b_simple_two_batch_train_mode'], '.3g')})")
   ax.set_yscale("log")
   ax.set_xlabel("kernel in depth order (stem … classifier)")
   ax.set_ylabel("per-layer C")
