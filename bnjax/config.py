@@ -7,8 +7,10 @@ here, so that `--config.field=value` overrides work for any experiment.
 
 import math
 import numbers
+import re
 
 import ml_collections
+from absl import logging
 
 from bnjax import errors, executor as executor_lib, experiments, mesh as mesh_lib
 from bnjax import train as train_lib
@@ -155,6 +157,51 @@ def _check_not_overridden(model: ml_collections.ConfigDict, field: str,
          f"--config.sweep.arms.{field}='({_literal(value)},)'.")
 
 
+def _is_real(value: object) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_count(value: object, name: str, minimum: int = 1) -> None:
+  """Rejects `value` unless it is a whole number >= `minimum` (a batch size, a step count)."""
+  _check(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum,
+         f"config.{name} must be a whole number >= {minimum}, got {value!r}.")
+
+
+def _check_real(value: object, name: str, holds: bool, rule: str) -> None:
+  """Rejects `value` unless it is a real number for which `holds` (NaN fails every comparison)."""
+  _check(_is_real(value) and holds, f"config.{name} must be {rule}, got {value!r}.")
+
+
+def _validate_numbers(config: ml_collections.ConfigDict) -> None:
+  """Counts are whole and >= 1, rates and factors finite and in range: NaN passes nothing."""
+  train = config.train
+  for name, value in (("train.batch_size", train.batch_size),
+                      ("train.num_steps", train.num_steps),
+                      ("eval_batch_size", config.eval_batch_size),
+                      ("log_every", config.log_every), ("eval_every", config.eval_every),
+                      ("checkpoint.every", config.checkpoint.every),
+                      ("checkpoint.keep", config.checkpoint.keep)):
+    _check_count(value, name)
+  _check_count(train.warmup_steps, "train.warmup_steps", minimum=0)
+  finite = lambda x: _is_real(x) and math.isfinite(x)
+  _check_real(train.momentum, "train.momentum", finite(train.momentum) and 0 <= train.momentum < 1,
+              "in [0, 1) (the paper's is 0.9)")
+  _check_real(train.weight_decay, "train.weight_decay",
+              finite(train.weight_decay) and train.weight_decay >= 0, "a finite number >= 0")
+  _check_real(train.lr_decay, "train.lr_decay", finite(train.lr_decay) and train.lr_decay > 0,
+              "a finite number > 0 (the rate's factor at each boundary)")
+  _check_real(train.warmup_factor, "train.warmup_factor",
+              finite(train.warmup_factor) and train.warmup_factor > 0,
+              "a finite number > 0 (the rate's factor during warm-up)")
+  _check_real(train.max_loss, "train.max_loss", _is_real(train.max_loss) and train.max_loss > 0,
+              "a number > 0, or inf for no limit")
+  if config.data.name == "synthetic":
+    _check_count(config.data.synthetic_test_size, "data.synthetic_test_size")
+    _check_real(config.data.synthetic_noise, "data.synthetic_noise",
+                finite(config.data.synthetic_noise) and config.data.synthetic_noise >= 0,
+                "a finite number >= 0")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` with one sentence for the first problem found."""
   _check(experiments.exists(config.job),
@@ -178,18 +225,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_not_overridden(config.model, field, tuple(values))
   for arm in arm_configs(config):
     _validate_model(arm)
-  _check(train.batch_size > 0, f"config.train.batch_size must be positive, got {train.batch_size}.")
-  _check(train.num_steps > 0, f"config.train.num_steps must be positive, got {train.num_steps}.")
+  _validate_numbers(config)
   _check(train.compute_dtype in DTYPES,
          f"Unknown compute dtype {train.compute_dtype!r}; use one of {sorted(DTYPES)}.")
   _check(all(0 < b < 1 for b in train.lr_boundaries),
          "config.train.lr_boundaries must be fractions of training strictly between 0 and 1.")
-  _check(train.weight_decay >= 0, "config.train.weight_decay must be >= 0.")
   _check(train.data_stream in train_lib.DATA_STREAMS,
          f"Unknown config.train.data_stream {train.data_stream!r}; use one of"
          f" {list(train_lib.DATA_STREAMS)}.")
-  _check(config.log_every > 0 and config.eval_every > 0,
-         "config.log_every and config.eval_every must be positive.")
   _check(config.executor in executor_lib.EXECUTORS,
          f"Unknown executor {config.executor!r}; use one of {list(executor_lib.EXECUTORS)}.")
   _check(config.chunk_size >= 1, f"config.chunk_size must be >= 1, got {config.chunk_size}.")
@@ -201,8 +244,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.mesh.data >= 1 and train.batch_size % config.mesh.data == 0,
          f"config.train.batch_size={train.batch_size} does not split over config.mesh.data="
          f"{config.mesh.data} devices; make the batch a multiple of it.")
-  _check(config.checkpoint.every > 0 and config.checkpoint.keep > 0,
-         "config.checkpoint.every and config.checkpoint.keep must be positive.")
   _check(all(0 <= s <= train.num_steps for s in config.checkpoint.keep_steps),
          "config.checkpoint.keep_steps must lie between 0 and config.train.num_steps.")
   _check(config.data.name in ("cifar10", "synthetic"),
@@ -210,6 +251,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.name == "synthetic":
     _check(config.data.synthetic_train_size >= train.batch_size,
            "config.data.synthetic_train_size is smaller than one batch; make it >= train.batch_size.")
+
+
+def last_overrides(argv: list[str]) -> list[str]:
+  """`argv` with each `--config.FIELD=VALUE` given several times kept only where it last is.
+
+  absl parses a tuple field's flag as a multi-flag, which joins repeats
+  (`--config.sweep.seeds='(0,)' --config.sweep.seeds='(1,)'` would give
+  (0, 1)); every other flag takes its last value, and so do these now.
+  """
+  fields = [_overridden_field(arg) for arg in argv]
+  last = {field: i for i, field in enumerate(fields) if field is not None}
+  for i, (arg, field) in enumerate(zip(argv, fields)):
+    if field is not None and last[field] != i:
+      logging.warning("%s is given again later; the later value replaces it.", arg)
+  return [arg for i, (arg, field) in enumerate(zip(argv, fields))
+          if field is None or last[field] == i]
+
+
+def _overridden_field(arg: str) -> str | None:
+  """FIELD of a `--config.FIELD=VALUE` argument, else None."""
+  match = re.match(r"--?config\.([^=]+)=", arg)
+  return match.group(1) if match else None
 
 
 def arm_configs(config: ml_collections.ConfigDict) -> list[dict]:

@@ -1,9 +1,11 @@
 """Entry point: `python -m bnjax.main --config=configs/lr_sweep.py[:smoke] --workdir=DIR`.
 
-Any config field can be overridden with `--config.field=value`.
+Any config field can be overridden with `--config.field=value`; given twice,
+the last value counts (a tuple too: `--config.sweep.seeds='(0,1)'`).
 """
 
 import logging as pylogging
+import os
 import re
 import sys
 
@@ -83,19 +85,33 @@ def _section_fields(config: ml_collections.ConfigDict, field: str) -> tuple[str,
   return section, sorted(config)
 
 
+def _check_config_file(argv: list[str]) -> None:
+  """Exits with one sentence if --config names a file that does not exist."""
+  spec = _config_spec(argv)
+  if spec is not None and not os.path.isfile(spec.split(":", 1)[0]):
+    sys.exit(f"error: the config file {spec.split(':', 1)[0]!r} (--config) does not exist; give"
+             " a config file, e.g. --config=configs/lr_sweep.py:smoke.")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with bad config input reported in one sentence.
 
   config_flags loads the config file and resolves every `--config.FIELD`
-  override while absl parses flags, before `main` runs: a field the config
-  lacks would end in a bare AttributeError or KeyError traceback there, and
-  an unknown variant in a ConfigError one.
+  override while absl parses flags, before `main` runs: a missing file or
+  one without get_config, or a field the config lacks, would end in a bare
+  traceback there, and an unknown variant in a ConfigError one.
   """
+  argv = config_lib.last_overrides(argv)
+  _check_config_file(argv)
   try:
     return app.parse_flags_with_usage(argv)
   except errors.BnjaxError as e:
     sys.exit(f"error: {e}")
-  except (AttributeError, KeyError, IndexError):
+  except (AttributeError, KeyError, IndexError) as e:
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+      sys.exit(f"error: the config file {_config_spec(argv).split(':', 1)[0]} (--config) has no"
+               " get_config(arg); a config file defines one that returns its ConfigDict, as"
+               " configs/lr_sweep.py does.")
     missing = _missing_override(argv)
     if missing is None:
       raise

@@ -3,10 +3,13 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from bnjax import config as config_lib, errors, sweep
 
@@ -35,6 +38,15 @@ def _main(workdir, *overrides, variant="smoke", timeout=600):
     ("sweep.seeds", (2**32,), "Seed 4294967296 in config.sweep.seeds is not an integer"),
     ("sweep.seeds", (1.5,), "Seed 1.5 in config.sweep.seeds is not an integer"),
     ("sweep.seeds", (True,), "Seed True in config.sweep.seeds is not an integer"),
+    ("train.max_loss", float("nan"), "config.train.max_loss must be a number > 0, or inf"),
+    ("train.momentum", float("nan"), "config.train.momentum must be in \\[0, 1\\) .*, got nan"),
+    ("train.momentum", 1.0, "config.train.momentum must be in \\[0, 1\\) .*, got 1.0"),
+    ("train.warmup_factor", -1.0, "config.train.warmup_factor must be a finite number > 0"),
+    ("train.weight_decay", float("inf"), "config.train.weight_decay must be a finite number"),
+    ("train.lr_decay", float("nan"), "config.train.lr_decay must be a finite number > 0"),
+    ("eval_batch_size", 0, "config.eval_batch_size must be a whole number >= 1, got 0"),
+    ("train.batch_size", 0, "config.train.batch_size must be a whole number >= 1, got 0"),
+    ("train.warmup_steps", -1, "config.train.warmup_steps must be a whole number >= 0"),
 ])
 def test_bad_configs_are_rejected_with_one_sentence(field, value, message):
   config = load_config("lr_sweep", "smoke")
@@ -43,6 +55,21 @@ def test_bad_configs_are_rejected_with_one_sentence(field, value, message):
   with pytest.raises(errors.ConfigError, match=message) as info:
     config_lib.validate(config)
   assert "\n" not in str(info.value) and str(info.value).endswith(".")
+
+
+def test_a_repeated_override_replaces_the_earlier_one(monkeypatch):
+  """absl joins a tuple field's repeated flags; bnjax.main keeps the last, as for any flag."""
+  argv = ["main", "--config=configs/lr_sweep.py:smoke", "--config.sweep.seeds=(0,)",
+          "--config.train.num_steps=5", "--config.sweep.seeds=(1,)"]
+  assert config_lib.last_overrides(argv) == [
+      "main", "--config=configs/lr_sweep.py:smoke", "--config.train.num_steps=5",
+      "--config.sweep.seeds=(1,)"]
+  kept = config_lib.last_overrides(argv)
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=kept)
+  monkeypatch.chdir(REPO)
+  values(kept)
+  assert tuple(values.config.sweep.seeds) == (1,) and values.config.train.num_steps == 5
 
 
 def test_unknown_sweep_arm_field_is_rejected():
@@ -139,6 +166,23 @@ def test_unknown_config_field_on_the_command_line_is_one_sentence(tmp_path, over
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: config has no field '{field}' (--config.{field}); ")
   assert last.endswith(".") and not workdir.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "the config file '{path}' \\(--config\\) does not exist"),
+    ("x = 1\n", "the config file {path} \\(--config\\) has no get_config"),
+])
+def test_a_config_file_that_is_missing_or_has_no_get_config_is_one_sentence(
+    tmp_path, content, message):
+  path = tmp_path / "my_config.py"
+  if content is not None:
+    path.write_text(content)
+  result = subprocess.run(
+      [sys.executable, "-m", "bnjax.main", f"--config={path}", f"--workdir={tmp_path / 'run'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert re.match("error: " + message.format(path=path), result.stderr.strip().splitlines()[-1])
+  assert not (tmp_path / "run").exists()
 
 
 def test_unknown_variant_on_the_command_line_is_one_sentence(tmp_path):
