@@ -8,26 +8,23 @@ here, so that `--config.field=value` overrides work for any experiment.
 import math
 import numbers
 import re
+from typing import Any
 
 import ml_collections
 from absl import logging
 
 from bnjax import errors, executor as executor_lib, experiments, mesh as mesh_lib
-from bnjax import train as train_lib
-from bnjax.models.registry import DTYPES, FAMILIES, get_family
+from bnjax import models, train as train_lib
+from bnjax.models.registry import DTYPES
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Defaults from He et al. (2016) wherever the paper is silent."""
   c = ml_collections.ConfigDict()
   c.job = "train"  # what bnjax.main runs: a module of bnjax/experiments/
-  # scan_blocks runs each stage's repeated blocks as one nn.scan: the same
-  # function and initial values, a ResNet-110 step compiled ~3x faster, but
-  # on XLA:CPU each step ran over 10x slower (docs/performance.md); analyses
-  # and `checkpoint.load` see one entry per block either way.
-  c.model = ml_collections.ConfigDict(dict(
-      name="resnet", depth=110, norm="batch", shortcut="A", initializer="glorot_uniform",
-      scan_blocks=False))
+  # The model family and its fields, at the family's defaults (the paper's
+  # ResNet-110 with BN: bnjax/models/resnet.py); `use_model` swaps in another.
+  c.model = model_config("resnet")
   c.data = ml_collections.ConfigDict(dict(
       name="cifar10", data_dir="", download=True, augmentation=True,
       synthetic_seed=0, synthetic_train_size=50_000, synthetic_test_size=10_000,
@@ -35,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Members are the product arms x lrs x seeds; each key of `arms` is a
   # model field and its tuple the values it takes (see `sweep_arms`).
   c.sweep = ml_collections.ConfigDict(dict(
-      lrs=(1e-4, 3e-3, 1e-1), seeds=(0, 1, 2), arms=sweep_arms(norm=("batch", "none"))))
+      lrs=(1e-4, 3e-3, 1e-1), seeds=(0, 1, 2),
+      arms=sweep_arms("resnet", norm=("batch", "none"))))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128, num_steps=64_000, momentum=0.9, weight_decay=1e-4,
       # The rate is base_lr * lr_decay**k after the k-th boundary (fractions
@@ -66,19 +64,48 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# The ResNet fields a sweep can vary; `sweep_arms` declares the unswept ones
-# so that the command line can sweep them (a locked config takes no new keys).
-ARM_FIELDS = ("depth", "norm", "shortcut", "initializer")
+def model_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
+  """config.model of the model family `name`: its fields at their defaults, then `fields`.
+
+  One sentence (ConfigError) when `name` is no family.
+  """
+  try:
+    defaults = models.defaults(name)
+  except (ValueError, TypeError):
+    models.validate({"name": name})  # raises the one-sentence ConfigError
+    raise
+  return ml_collections.ConfigDict({**defaults, **fields})
 
 
-def sweep_arms(fields: tuple[str, ...] = ARM_FIELDS, **swept: tuple) -> ml_collections.ConfigDict:
-  """config.sweep.arms sweeping `swept`, every other field of `fields` declared but unswept.
+def use_model(config: ml_collections.ConfigDict, name: str) -> None:
+  """Makes `config` train the model family `name`, at its defaults, in place.
+
+  config.model becomes `model_config(name)` and config.sweep.arms declares
+  that family's fields; of the fields the sweep varied, those the family
+  has stay swept, the others (meaningless to it) are dropped. A locked
+  config stays locked: a field the family lacks is still refused.
+  `bnjax.main` calls this for `--config.model.name=NAME` before it applies
+  the other overrides, so that `--config.model.width=64` reaches an MLP.
+  """
+  model = model_config(name)
+  swept = {f: v for f, v in swept_arms(config).items() if f in model and f != "name"}
+  arms = sweep_arms(name, **swept)
+  if config.is_locked:
+    model.lock()
+    arms.lock()
+  config.model = model
+  config.sweep.arms = arms
+
+
+def sweep_arms(model: str = "resnet", **swept: tuple) -> ml_collections.ConfigDict:
+  """config.sweep.arms sweeping `swept`, every other field of family `model` declared but unswept.
 
   An unswept field is an empty tuple placeholder (None), so that e.g.
   --config.sweep.arms.shortcut='("A", "none")' sweeps it from the command
-  line; `swept_arms` skips it.
+  line (a locked config takes no new keys); `swept_arms` skips it.
   """
-  arms = {f: ml_collections.config_dict.placeholder(tuple) for f in fields}
+  arms = {f: ml_collections.config_dict.placeholder(tuple) for f in models.defaults(model)
+          if f != "name"}
   return ml_collections.ConfigDict({**arms, **swept})
 
 
@@ -118,18 +145,6 @@ def _check(condition: bool, message: str) -> None:
     raise errors.ConfigError(message)
 
 
-def _validate_model(model: dict) -> None:
-  """Checks that config.model.name (or an arm's) is registered; its family checks the rest."""
-  name = model.get("name")
-  try:
-    family = get_family(name) if isinstance(name, str) else None
-  except ValueError:
-    family = None
-  _check(family is not None, f"Unknown model {name!r} (config.model.name); use one of"
-                             f" {sorted(FAMILIES)} or an importable module path.")
-  family.validate(model)
-
-
 _MISSING = object()
 
 
@@ -148,9 +163,9 @@ def _check_not_overridden(model: ml_collections.ConfigDict, field: str,
   """Rejects config.model.FIELD set to a value that every arm of the sweep replaces.
 
   Each arm overrides the model field it sweeps, so a value outside the swept
-  ones would be silently ignored; the base default is what arms override.
+  ones would be silently ignored; the family's default is what arms override.
   """
-  value, base = model[field], base_config().model.get(field, _MISSING)
+  value, base = model[field], models.complete({"name": model.name}).get(field, _MISSING)
   _check(value == base or value in values,
          f"config.model.{field}={value!r} is overridden by config.sweep.arms.{field}={values!r}, "
          f"so it would be ignored; to run it, sweep it instead, e.g. "
@@ -219,12 +234,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"Seed {seed!r} in config.sweep.seeds is not an integer in [0, 2**32); "
            f"give seeds from 0 to {2**32 - 1}.")
   _check(len(set(sweep.seeds)) == len(tuple(sweep.seeds)), "config.sweep.seeds repeats a seed; list each once.")
+  models.validate({"name": config.model.get("name")})  # the family exists; arms check its fields
+  fields = sorted(f for f in config.model if f != "name")
   for field, values in swept_arms(config).items():
-    _check(field in config.model, f"Sweep arm field {field!r} is not a model field; use one of {sorted(config.model)}.")
+    _check(field in fields, f"Sweep arm field {field!r} is not a field of the"
+                            f" {config.model.name!r} model; use one of {fields}.")
     _check(len(tuple(values)) > 0, f"config.sweep.arms.{field} is empty; give at least one value.")
     _check_not_overridden(config.model, field, tuple(values))
   for arm in arm_configs(config):
-    _validate_model(arm)
+    models.validate(arm)
   _validate_numbers(config)
   _check(train.compute_dtype in DTYPES,
          f"Unknown compute dtype {train.compute_dtype!r}; use one of {sorted(DTYPES)}.")

@@ -18,8 +18,8 @@ from bnjax import config as config_lib, distributed, errors, experiments, owners
 from bnjax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, optionally with ':variant'.",
-    lock_config=True)
+    "config", None, "Experiment config file, optionally with ':variant'; with"
+    " --config.model.name=FAMILY, that model family at its defaults.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the run's outputs.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete a run with a different config in --workdir and start anew.")
@@ -32,6 +32,47 @@ flags.mark_flags_as_required(["config", "workdir"])
 # 128 + SIGINT, as a shell reports a process ended by Ctrl-C; a run stopped by
 # SIGTERM exits 143 (`errors.Preempted`).
 INTERRUPTED_EXIT_CODE = 130
+
+
+class _FamilyConfigParser(flags.ArgumentParser):
+  """config_flags' loader of the --config file, then the model family --config.model.name names.
+
+  config_flags gives every `--config.FIELD` override the type of the loaded
+  config's field before it applies any, then applies them in command-line
+  order; so another family's fields (`--config.model.width` of an MLP) can
+  be set only if that family's config is in place as the file is loaded.
+  Here it is: a name other than the file's swaps in that family's defaults
+  (`config.use_model`), and every `--config.model.*` override then applies
+  to them, whatever their order.
+  """
+
+  def __init__(self, loader: flags.ArgumentParser):
+    self.loader = loader
+    self.argv: list[str] = sys.argv
+
+  def flag_type(self) -> str:
+    return self.loader.flag_type()
+
+  def parse(self, path: str) -> ml_collections.ConfigDict:
+    config = self.loader.parse(path)
+    name = _model_name(self.argv)
+    if isinstance(config, ml_collections.ConfigDict) and name not in (None, config.model.name):
+      config_lib.use_model(config, name)
+    return config
+
+
+flags.FLAGS["config"].parser = _FamilyConfigParser(flags.FLAGS["config"].parser)
+
+
+def _model_name(argv: list[str]) -> str | None:
+  """The last value of --config.model.name in `argv`, or None without one."""
+  name = None
+  for i, arg in enumerate(argv):
+    match = re.fullmatch(r"--?config\.model\.name(?:=(.*))?", arg)
+    if match:
+      name = match.group(1) if match.group(1) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else None)
+  return name
 
 
 class _QuietOrbax(pylogging.Filter):
@@ -76,12 +117,17 @@ def _missing_override(argv: list[str]) -> tuple[str, str, list[str]] | None:
 
 
 def _section_fields(config: ml_collections.ConfigDict, field: str) -> tuple[str, list[str]]:
-  """The deepest existing section on `field`'s path ("config.model") and its fields."""
+  """The deepest existing section on `field`'s path ("config.model") and its fields.
+
+  The model section is named by its family, which owns its fields.
+  """
   section = "config"
   for name in field.split(".")[:-1]:
     if not isinstance(config.get(name), ml_collections.ConfigDict):
       break
     config, section = config[name], f"{section}.{name}"
+  if section == "config.model":
+    section = f"config.model of the {config.name!r} model (--config.model.name picks another)"
   return section, sorted(config)
 
 
@@ -103,6 +149,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """
   argv = config_lib.last_overrides(argv)
   _check_config_file(argv)
+  flags.FLAGS["config"].parser.argv = argv
   try:
     return app.parse_flags_with_usage(argv)
   except errors.BnjaxError as e:

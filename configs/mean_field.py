@@ -12,8 +12,6 @@ of CIFAR-10, five seeds (Yang et al.'s regime). `smoke`: synthetic data,
 depth 20, width 256, batch 64, three seeds; seconds on a CPU.
 """
 
-import ml_collections
-
 from bnjax import config as config_lib
 from bnjax.experiments import mean_field
 
@@ -22,9 +20,8 @@ def get_config(arg=None):
   variant = config_lib.parse_variant(arg, ("smoke",))
   config = config_lib.base_config()
   config.job = "mean_field"
-  config.model = ml_collections.ConfigDict(dict(
-      name="bnjax.models.mlp", width=1024, depth=50, norm="batch"))
-  config.sweep.arms = config_lib.sweep_arms(("depth", "norm", "width"), norm=("batch", "none"))
+  config_lib.use_model(config, "bnjax.models.mlp")  # the base config's arms: norm batch, none
+  config.model.update(width=1024, depth=50)
   config.sweep.seeds = (0, 1, 2, 3, 4)
   config.train.batch_size = 128
   config.analysis = mean_field.defaults()

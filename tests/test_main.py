@@ -24,7 +24,7 @@ def _main(workdir, *overrides, variant="smoke", timeout=600):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("model.name", "vgg", "Unknown model 'vgg'"),
+    ("model.name", "no_such_family", "Unknown model 'no_such_family'"),
     ("model.depth", 21, "depth 21 is not of the form 6n\\+2"),
     ("sweep.lrs", (), "config.sweep.lrs is empty"),
     ("sweep.lrs", (0.1, -0.01), "Learning rate -0.01 .* not a positive number"),
@@ -75,7 +75,7 @@ def test_a_repeated_override_replaces_the_earlier_one(monkeypatch):
 def test_unknown_sweep_arm_field_is_rejected():
   config = load_config("lr_sweep", "smoke")
   config.sweep.arms.width = (1, 2)
-  with pytest.raises(errors.ConfigError, match="'width' is not a model field"):
+  with pytest.raises(errors.ConfigError, match="'width' is not a field of the 'resnet' model"):
     config_lib.validate(config)
 
 

@@ -51,13 +51,14 @@ class TinyMLP(nn.Module):
 
 
 class MLPFamily:
-  """The "mlp" family as a researcher's script would write it: validate and build."""
+  """The "mlp" family as a researcher's script would write it: defaults, validate and build."""
+
+  @staticmethod
+  def defaults() -> dict[str, Any]:
+    return {"widths": (5, 7)}
 
   @staticmethod
   def validate(model_config: Mapping[str, Any]) -> None:
-    for field in family.fields(model_config):
-      family.check(field == "widths",
-                   f"config.model.{field} is not a field of the 'mlp' model; its field is widths.")
     widths = tuple(model_config.get("widths", ()))
     family.check(len(widths) == 2 and all(isinstance(w, int) and w > 0 for w in widths),
                  f"config.model.widths must be two positive whole numbers, got {widths!r}.")
@@ -105,7 +106,7 @@ def test_a_registered_family_validates_its_fields_and_sweep_arms(mlp):
 
 
 def test_a_family_without_build_is_refused():
-  with pytest.raises(TypeError, match="lacks \\['build'\\]"):
+  with pytest.raises(TypeError, match="lacks \\['defaults', 'build'\\]"):
     models.register("broken", type("Broken", (), {"validate": staticmethod(lambda c: None)}))
   assert "broken" not in models.FAMILIES
 
@@ -136,7 +137,7 @@ def test_analyses_see_a_registered_model_in_depth_order(mlp, tiny_dataset):
 def test_a_resnet_of_depth_608_orders_its_layers_by_depth():
   """101 blocks a stage, built abstractly: block100 follows block99, not block10."""
   model = models.make_model({**config_lib.base_config().model.to_dict(), "depth": 608})
-  config_lib._validate_model({**config_lib.base_config().model.to_dict(), "depth": 608})
+  models.validate({**config_lib.base_config().model.to_dict(), "depth": 608})
   params = train.abstract_variables(model)["params"]
   paths = [path for path, _ in models.ordered_leaves(model, params)]
   assert paths[0].startswith("stem/") and paths[-1].startswith("classifier/")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax import errors
+from bnjax import errors, models
 from bnjax.models import init_variables, make_model, resnet
 from bnjax.models.resnet import CifarResNet, stack_blocks, unscan
 
@@ -76,7 +76,7 @@ def test_bad_depth_and_unknown_names_are_rejected():
   with pytest.raises(ValueError, match="6n\\+2"):
     _param_count(CifarResNet(depth=21))
   with pytest.raises(ValueError, match="Unknown model"):
-    make_model({"name": "vgg", "depth": 20})
+    make_model({"name": "no_such_family", "depth": 20})
   with pytest.raises(ValueError, match="Unknown norm"):
     _param_count(CifarResNet(depth=8, norm="instance"))
 
@@ -92,9 +92,9 @@ def test_bad_depth_and_unknown_names_are_rejected():
 ])
 def test_the_resnet_family_rejects_a_bad_field_in_one_sentence(field, value, message):
   config = dict(name="resnet", depth=20, norm="batch", shortcut="A", initializer="he_normal")
-  resnet.validate(config)
+  models.validate(config)
   with pytest.raises(errors.ConfigError, match=message) as info:
-    resnet.validate({**config, field: value})
+    models.validate({**config, field: value})
   assert "\n" not in str(info.value) and str(info.value).endswith(".")
 
 

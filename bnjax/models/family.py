@@ -2,21 +2,43 @@
 
 A family is anything (usually a module such as `bnjax.models.resnet`) with
 
+* `defaults() -> dict`: its fields (besides `name`) and their default
+  values, as init2winit's per-model hyperparameters: `config.model` is
+  `name` plus exactly these fields, `--config.model.name=X` swaps in X's
+  (`bnjax.config.use_model`), and a sweep can vary any of them;
 * `validate(model_config) -> None`: raises `errors.ConfigError`, one sentence
-  naming the field (config.model.depth, ...), for the first bad field of
-  `config.model` or of a sweep arm;
+  naming the field (config.model.depth, ...), for the first bad value in
+  `config.model` or a sweep arm (a field the family lacks is refused before
+  it is called);
 * `build(model_config, num_classes, dtype) -> nn.Module`: the Flax module,
-  `dtype` already a jnp dtype.
+  `dtype` already a jnp dtype;
 
-`model_config` is `config.model` as a dict: `name` plus the family's fields.
-`registry.register(name, family)` makes it a `config.model.name`.
+and, optionally,
+
+* `describe(model_config) -> str`: the model in a few words for figure
+  titles ("ResNet-110, BN"); without it, its name and fields.
+
+`model_config` is `config.model` as a dict: `name` plus the family's fields,
+every field present (`registry.complete` fills those an older config lacks).
+`registry.register(name, family)` makes it a `config.model.name`; a module
+path is one too, imported on first use.
 
 The module a family builds takes images (B, H, W, C) and returns logits
 (B, K): `module(x, train=...)`. The analyses read what it records with
-`sow("intermediates", kind, value)` (kinds: conv_out, norm_out, branch_out,
-block_out, logits; see `resnet`), and every per-layer result comes in depth
-order from `registry.ordered_leaves`. A module class may define, marked
-`@nn.nowrap` so that they work on unbound modules:
+`sow("intermediates", kind, value)`:
+
+* `conv_out`   every weight layer's output before any normalisation (a
+  convolution's, or a hidden Dense layer's), in depth order;
+* `norm_out`   every normalisation layer's output;
+* `branch_out` each residual branch's output before the skip is added;
+* `block_out`  every residual block's output;
+* `logits`     the classifier output.
+
+An experiment says which it needs (`RECORDINGS`), and a model that lacks
+one is refused in one sentence (`bnjax.experiments.check`). Every
+per-layer result comes in depth order from `registry.ordered_leaves`. A
+module class may define, marked `@nn.nowrap` so that they work on unbound
+modules:
 
 * `ordered_leaves(self, tree) -> [(path, leaf)]`: its depth order;
   without it, `call_order_leaves` orders by when each submodule's call
@@ -45,7 +67,9 @@ EXAMPLE_INPUT_1xHxWxC = (1, 32, 32, 3)
 
 
 class Family(Protocol):
-  """The two functions a registered model family provides (see the module docstring)."""
+  """The functions every registered model family provides (see the module docstring)."""
+
+  def defaults(self) -> dict[str, Any]: ...
 
   def validate(self, model_config: ModelConfig) -> None: ...
 

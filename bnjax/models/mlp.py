@@ -7,7 +7,8 @@ Normalization", ICLR 2019), then a Dense classifier. Hidden weights are
 He-normal (variance 2 / fan_in), which keeps the signal's scale flat in
 depth without BN; with BN the Dense layers have no bias (BN's shift
 replaces it). Not registered by name: use `config.model.name =
-"bnjax.models.mlp"` (`registry.get_family` imports it).
+"bnjax.models.mlp"` (`registry.get_family` imports it), e.g.
+`--config.model.name=bnjax.models.mlp` on any config.
 
 Each hidden layer sows its Dense output as "conv_out" and its BN output
 as "norm_out" (the kinds of `bnjax/models/resnet.py`, so that analyses
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from bnjax.models import family
 
 NORMS = ("batch", "none")
-FIELDS = {"width", "depth", "norm"}
+NORM_TITLES = {"batch": "BN", "none": "no BN"}
 
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -76,12 +77,19 @@ class MLP(nn.Module):
     return logits_BxK.astype(jnp.float32)
 
 
+def defaults() -> dict[str, Any]:
+  """Eight hidden layers of 256 units with BN: a sweep a CPU can train, deep enough for BN."""
+  return dict(width=256, depth=8, norm="batch")
+
+
+def describe(model_config: family.ModelConfig) -> str:
+  """E.g. "MLP 8x256, BN": hidden layers x units."""
+  norm = model_config["norm"]
+  return f"MLP {model_config['depth']}x{model_config['width']}, {NORM_TITLES.get(norm, norm)}"
+
+
 def validate(model_config: family.ModelConfig) -> None:
-  """Checks width, depth and norm; the fields are exactly those three."""
-  fields = set(family.fields(model_config))
-  family.check(fields == FIELDS,
-               f"config.model of bnjax.models.mlp has the fields {sorted(FIELDS)}, got"
-               f" {sorted(fields)}; add or remove the difference.")
+  """Checks width, depth and norm."""
   for field in ("width", "depth"):
     value = model_config[field]
     family.check(isinstance(value, int) and not isinstance(value, bool) and value > 0,

@@ -1,8 +1,8 @@
-"""Model families by name: build, initialise and order the layers of any registered model.
+"""Model families by name: their configs, and the models they build, initialise and order.
 
-Adding a model family is one module with `validate` and `build` (see
-`family.Family`): registered here for bnjax's own families, with
-`register(name, module)` from a script, or named by its module path.
+Adding a model family is one module with `defaults`, `validate` and
+`build` (see `family.Family`): registered here for bnjax's own families,
+with `register(name, module)` from a script, or named by its module path.
 """
 
 import importlib
@@ -13,19 +13,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bnjax import errors
 from bnjax.models import family as family_lib, resnet
 
 FAMILIES: dict[str, family_lib.Family] = {}
 MODELS = FAMILIES  # the older name of the same registry
+
+# What every family provides (family.Family); `describe` is optional.
+REQUIRED = ("defaults", "validate", "build")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def register(name: str, family: family_lib.Family) -> family_lib.Family:
   """Makes `family` the model called `name` in config.model.name; replaces any earlier one."""
-  missing = [f for f in ("validate", "build") if not callable(getattr(family, f, None))]
+  missing = [f for f in REQUIRED if not callable(getattr(family, f, None))]
   if missing:
-    raise TypeError(f"Model family {name!r} lacks {missing}; a family provides validate and build.")
+    raise TypeError(f"Model family {name!r} lacks {missing}; a family provides"
+                    f" {', '.join(REQUIRED)}.")
   FAMILIES[name] = family
   return family
 
@@ -48,18 +53,72 @@ def get_family(name: str) -> family_lib.Family:
   return FAMILIES[name]
 
 
+def defaults(name: str) -> dict[str, Any]:
+  """config.model of the family `name` at its defaults: {"name": name, field: default, ...}."""
+  return {"name": name, **dict(get_family(name).defaults())}
+
+
+def complete(model_config: Mapping[str, Any]) -> dict[str, Any]:
+  """`model_config` with every field it lacks at its family's default.
+
+  A run's config.json from before a family gained a field then builds the
+  model it trained.
+  """
+  return {**defaults(model_config.get("name")), **model_config}
+
+
+def validate(model_config: Mapping[str, Any]) -> None:
+  """Raises `errors.ConfigError` with one sentence for the first problem of a model config.
+
+  The name must be a registered family or an importable module that is
+  one; a field the family does not declare (`defaults`) is refused here,
+  the values by the family's own `validate`.
+  """
+  name = model_config.get("name")
+  try:
+    family = get_family(name) if isinstance(name, str) else None
+  except ValueError:
+    family = None
+  except TypeError as e:  # a module that is no family
+    raise errors.ConfigError(f"config.model.name={name!r} is not a model family: {e}") from None
+  family_lib.check(family is not None, f"Unknown model {name!r} (config.model.name); use one of"
+                                       f" {sorted(FAMILIES)} or an importable module path.")
+  fields = dict(family.defaults())
+  unknown = [f for f in family_lib.fields(model_config) if f not in fields]
+  family_lib.check(not unknown, f"config.model.{unknown[0] if unknown else ''} is not a field of"
+                                f" the {name!r} model; its fields are {sorted(fields)}.")
+  family.validate(complete(model_config))
+
+
+def describe(model_config: Mapping[str, Any]) -> str:
+  """The model in a few words, for figure titles: the family's `describe`, else name and fields.
+
+  Keys of `model_config` that are not the family's fields (an arm record's
+  label, its measurements) are ignored.
+  """
+  name = model_config.get("name")
+  family = get_family(name)
+  config = {k: v for k, v in complete(model_config).items() if k == "name" or k in
+            family.defaults()}
+  own = getattr(family, "describe", None)
+  if own is not None:
+    return own(config)
+  return f"{name} ({', '.join(f'{k}={v}' for k, v in family_lib.fields(config).items())})"
+
+
 def make_model(model_config: Mapping[str, Any], num_classes: int = 10,
                dtype: str = "float32") -> nn.Module:
   """Returns the Flax module that `model_config` describes, built by its family.
 
   `model_config` holds `name` plus the family's fields (for "resnet":
-  depth, norm, shortcut, initializer, scan_blocks). Validation is
-  `config.validate`'s job; a bad field may fail here or when the model runs.
+  depth, norm, shortcut, initializer, scan_blocks); a field it lacks takes
+  the family's default. Validation is `validate`'s job; a bad field may
+  fail here or when the model runs.
   """
   family = get_family(model_config.get("name"))
   if dtype not in DTYPES:
     raise ValueError(f"Unknown compute dtype {dtype!r}; use one of {sorted(DTYPES)}.")
-  return family.build(model_config, num_classes, DTYPES[dtype])
+  return family.build(complete(model_config), num_classes, DTYPES[dtype])
 
 
 def init_variables(model: nn.Module, key: jax.Array, inputs: jax.Array, **kwargs: Any) -> Any:
@@ -94,6 +153,39 @@ def unrolled(model: nn.Module, variables: Any) -> tuple[nn.Module, Any]:
   """
   own = getattr(model, "unrolled", None)
   return own(variables) if own else (model, variables)
+
+
+def recordings(model: nn.Module,
+               input_shape: tuple[int, ...] = family_lib.EXAMPLE_INPUT_1xHxWxC) -> dict[str, int]:
+  """{kind: how many layers record it} of what `model` sows into "intermediates".
+
+  Traced abstractly (nothing computed) on an input of `input_shape`, in
+  train mode, where every normalisation records; cached per model.
+  """
+  try:
+    return dict(_RECORDINGS[(model, tuple(input_shape))])
+  except TypeError:  # a module with an unhashable field
+    return _trace_recordings(model, tuple(input_shape))
+  except KeyError:
+    found = _RECORDINGS[(model, tuple(input_shape))] = _trace_recordings(model, tuple(input_shape))
+    return dict(found)
+
+
+_RECORDINGS: dict[tuple[nn.Module, tuple[int, ...]], dict[str, int]] = {}
+
+
+def _trace_recordings(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+  def sown():
+    inputs = jnp.zeros(input_shape)
+    variables = init_variables(model, jax.random.key(0), inputs, train=False)
+    _, state = model.apply(variables, inputs, train=True,
+                           mutable=["intermediates", "batch_stats"])
+    return state.get("intermediates", {})
+  counts: dict[str, int] = {}
+  for path, _ in ordered_leaves(model, jax.eval_shape(sown)):
+    kind = path.rpartition("/")[2]
+    counts[kind] = counts.get(kind, 0) + 1
+  return counts
 
 
 register("resnet", resnet)

@@ -31,8 +31,9 @@ Module names carry their position (`stem`, `stage1_block00`, ...), so
 sorting paths by `depth_key` gives depth order; `CifarResNet.ordered_leaves`
 is that order for any params- or intermediates-shaped tree.
 
-This module is also the "resnet" model family (`family.Family`): `validate`
-checks config.model's ResNet fields and `build` makes the `CifarResNet`.
+This module is also the "resnet" model family (`family.Family`): `defaults`
+declares config.model's ResNet fields, `validate` checks them, `build`
+makes the `CifarResNet` and `describe` names it in figure titles.
 
 With `scan_blocks=True` the n - 1 identical blocks that follow each stage's
 first block run as one `nn.scan` (module `stageS_blocks`, every variable
@@ -61,8 +62,11 @@ from bnjax.models import family, layers
 STAGE_WIDTHS = (16, 32, 64)
 _SCANNED = re.compile(r"(stage\d+)_blocks")
 _BLOCK = re.compile(r"(stage\d+)_block(\d+)")
-# The fields of config.model (besides `name`) that `build` passes to CifarResNet.
-CONFIG_FIELDS = ("depth", "norm", "shortcut", "initializer", "scan_blocks")
+# Figure titles' names of the norms (`layers.NORMS`).
+NORM_TITLES = {"batch": "BN", "none": "no BN", "layer": "LayerNorm", "group": "GroupNorm",
+               "fixup": "Fixup", "skipinit": "SkipInit",
+               "batch_first": "BN in the stem and stage 1", "batch_last": "BN in stage 3 only",
+               "batch_except_last": "BN except in stage 3", "batch_head": "BN before the classifier"}
 # "A" and "B" are He et al.'s options; "none" is their plain network, the
 # same layers without the skip connection.
 SHORTCUTS = ("A", "B", "none")
@@ -108,13 +112,32 @@ def _natural(name: str) -> tuple:
   return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
+def defaults() -> dict[str, Any]:
+  """config.model's ResNet fields: the paper's ResNet-110 with BN, option A, Glorot init.
+
+  scan_blocks runs each stage's repeated blocks as one nn.scan: the same
+  function and initial values, a ResNet-110 step compiled ~3x faster, but on
+  XLA:CPU each step ran over 10x slower (docs/performance.md); analyses and
+  `checkpoint.load` see one entry per block either way.
+  """
+  return dict(depth=110, norm="batch", shortcut="A", initializer="glorot_uniform",
+              scan_blocks=False)
+
+
+def describe(model_config: family.ModelConfig) -> str:
+  """E.g. "ResNet-110, BN, glorot_uniform init" or "plain CNN-8, no BN, he_normal init"."""
+  depth, norm, shortcut = model_config["depth"], model_config["norm"], model_config["shortcut"]
+  network = {"none": f"plain CNN-{depth}", "B": f"ResNet-{depth} (shortcut B)"}.get(
+      shortcut, f"ResNet-{depth}")
+  parts = [network, NORM_TITLES.get(norm, str(norm))]
+  if norm != "fixup":  # Fixup is its own initialisation
+    parts.append(f"{model_config['initializer']} init")
+  return ", ".join(parts)
+
+
 def validate(model_config: family.ModelConfig) -> None:
   """Raises `errors.ConfigError`, one sentence naming the field, for the first bad ResNet field."""
-  fields = {**{f: getattr(CifarResNet, f) for f in CONFIG_FIELDS}, **family.fields(model_config)}
-  for field in fields:
-    family.check(field in CONFIG_FIELDS,
-                 f"config.model.{field} is not a field of the 'resnet' model; "
-                 f"its fields are {list(CONFIG_FIELDS)}.")
+  fields = {**defaults(), **family.fields(model_config)}
   norm, shortcut, initializer = fields["norm"], fields["shortcut"], fields["initializer"]
   family.check(norm in layers.NORMS,
                f"Unknown norm {norm!r} (config.model.norm); use one of {list(layers.NORMS)}.")
@@ -140,7 +163,8 @@ def validate(model_config: family.ModelConfig) -> None:
 
 def build(model_config: family.ModelConfig, num_classes: int, dtype: Any) -> "CifarResNet":
   """The `CifarResNet` that config.model describes."""
-  return CifarResNet(num_classes=num_classes, dtype=dtype, **family.fields(model_config))
+  return CifarResNet(num_classes=num_classes, dtype=dtype,
+                     **{**defaults(), **family.fields(model_config)})
 
 
 class ConvNorm(nn.Module):
