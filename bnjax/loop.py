@@ -270,7 +270,8 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   table = write_members(finished=True)
   if writes:
     plots.accuracy_figure(workdir_lib.read_metrics(workdir), table, fields,
-                          workdir_lib.figure_path(workdir, "accuracy"), num_steps)
+                          workdir_lib.figure_path(workdir, "accuracy"), num_steps,
+                          plots.training_setting(config))
   return table
 
 

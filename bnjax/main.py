@@ -192,6 +192,7 @@ def main(argv: list[str]) -> None:
     # Before anything touches JAX's devices: they are fixed when its backend starts.
     distributed.initialize(_DISTRIBUTED.value)
     config_lib.validate(config)
+    experiments.check(config.job, config)
     job = experiments.get(config.job).run
     # Held until the job ends: no other process writes this workdir meanwhile.
     workdir_lib.claim(_WORKDIR.value, config, overwrite=_OVERWRITE.value)

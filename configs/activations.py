@@ -12,11 +12,13 @@ arm's first seed).
 
 update_lr = 3e-3 is where the paper's no-BN ResNet-110 diverges along the
 gradient (F4: relative loss past 1e6 by 3-5e-3); the BN members get the same
-step for comparison. Default: ResNet-110, CIFAR-10, batch 128, layers 8, 44,
-80 (16, 32 and 64 channels) as in the paper. `smoke`: a ResNet-32 (deep
-enough for no-BN growth to show, shallow enough to stay finite) on synthetic
-data, batch 32, one seed, layers 3, 13, 23 (again 16, 32, 64 channels, at
-about the paper's relative depths); under a minute on a CPU.
+step for comparison. Default: ResNet-110, CIFAR-10, batch 128, the layers at
+0.07, 0.4 and 0.73 of its depth: 8, 44, 80 (16, 32 and 64 channels) as in
+the paper. `smoke`: a ResNet-32 (deep enough for no-BN growth to show,
+shallow enough to stay finite) on synthetic data, batch 32, one seed, layers
+3, 13, 23 (again 16, 32, 64 channels, at about the paper's relative depths);
+under a minute on a CPU. Other layers: numbers or positions,
+--config.analysis.update_layers='(2, "middle", "last")'.
 """
 
 from bnjax import config as config_lib

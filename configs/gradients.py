@@ -5,11 +5,12 @@
 
 Every member (norm batch / none x seeds) at initialisation, on training
 batch 0: ∂L/∂logits per image and class (F7 heatmap, first seed) with the
-scalars that say how input-independent it is; the weight gradients of conv
-layer `histogram_layer` (F3 histogram) and every conv layer's gradient norm
-against depth. Default: ResNet-110, CIFAR-10, batch 128, layer 55 as in the
-paper. `smoke`: a ResNet-32 on synthetic data, batch 32, three seeds, its
-middle conv layer 16; under a minute on a CPU.
+scalars that say how input-independent it is; the weight gradients of weight
+layer `histogram_layer` (F3 histogram; default "middle") and every weight
+layer's gradient norm against depth. Default: ResNet-110, CIFAR-10, batch
+128, its middle layer 55 as in the paper. `smoke`: a ResNet-32 on synthetic
+data, batch 32, three seeds, its middle layer 16; under a minute on a CPU.
+Any layer: --config.analysis.histogram_layer=20 (or first, last, 0.25).
 """
 
 from bnjax import config as config_lib
@@ -23,5 +24,4 @@ def get_config(arg=None):
   config.analysis = gradients.defaults()
   if variant == "smoke":
     config_lib.he_normal_smoke(config, depth=32, batch_size=32, train_size=256)
-    config.analysis.histogram_layer = 16
   return config

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax import config as config_lib, data, experiments, sweep, train
+from bnjax import config as config_lib, data, errors, experiments, sweep, train
 from bnjax.analysis import activations as act, common, gradients as grad, random_matrix as rm
+from bnjax.experiments import activations as activations_experiment
+from bnjax.experiments import gradients as gradients_experiment
 from bnjax.models import make_model, resnet
 
 from conftest import REPO, load_config
@@ -131,18 +133,35 @@ def test_layer_numbers_outside_1_to_L_are_refused(batch):
   model = _model("none")
   variables = train.init_variables(model, 0)
   params = variables["params"]  # shaped like a gradient, which is all layer_gradient_values needs
-  np.testing.assert_array_equal(grad.layer_gradient_values(params, 1),
-                                common.conv_kernels(params)[0][1].ravel())
-  assert grad.layer_gradient_values(params, 7).size > 0  # ResNet-8: convs 1..7
-  for layer in (0, -1, 8):
-    with pytest.raises(ValueError, match=r"conv layers are 1\.\.7"):
-      grad.layer_gradient_values(params, layer)
+  np.testing.assert_array_equal(grad.layer_gradient_values(model, params, 1),
+                                common.conv_kernels(params, model)[0][1].ravel())
+  # ResNet-8: 7 convs, then the classifier (10 x 64 ... its kernel is 64 x 10) as layer 8.
+  assert grad.layer_gradient_values(model, params, 8).shape == (64 * 10,)
+  for layer in (0, -1, 9, "deepest", 1.5):
+    with pytest.raises(errors.ConfigError, match=r"pick a layer from 1 to 8"):
+      grad.layer_gradient_values(model, params, layer)
   update = lambda layers: jax.eval_shape(lambda v: act.diverging_update_moments(
       model, v, images, labels, 1e-3, jnp.asarray([0.0]), layers), variables)
   assert update((1, 8))["var_8"].shape == (1, 10)
   for layers in ((0,), (2, -1), (9,)):
-    with pytest.raises(ValueError, match=r"weight layers are 1\.\.8"):
+    with pytest.raises(errors.ConfigError, match=r"weight layers 1\.\.8 only"):
       update(layers)
+
+
+def test_layer_positions_fit_any_depth_and_keep_the_papers_layers():
+  """ResNet-110's paper layers (55 for F3; 8, 44, 80 for F5) are the defaults' positions."""
+  paper = _model("batch", depth=110)
+  assert common.num_weight_layers(paper) == act.num_numbered_layers(paper) == 110
+  assert common.resolve_layer(gradients_experiment.defaults().histogram_layer, 110) == 55
+  assert common.resolve_layers(activations_experiment.defaults().update_layers, 110) == (8, 44, 80)
+  # The same settings on a ResNet-8 (8 weight layers) and a 3-layer MLP (4).
+  assert common.resolve_layers(("first", "middle", "last", 0.5), 8) == (1, 4, 8)
+  assert common.resolve_layers((0.07, 0.4, 0.73), 8) == (1, 3, 6)
+  assert common.resolve_layers((0.07, 0.4, 0.73, "middle"), 4) == (1, 2, 3)
+  with pytest.raises(errors.ConfigError, match=r"config.analysis.update_layers has the fraction"
+                                               r" 1.5, outside \(0, 1\)") as info:
+    common.resolve_layers((0.4, 1.5), 8, "config.analysis.update_layers")
+  assert "\n" not in str(info.value) and str(info.value).endswith(".")
 
 
 def test_importing_analyze_keeps_the_matplotlib_backend():
@@ -220,7 +239,6 @@ def test_layers_stay_in_depth_order_with_a_hundred_blocks_per_stage():
   expected = ["stem"] + [f"stage{s}_block{b:02d}/conv_norm{c}"
                          for s in (1, 2, 3) for b in range(101) for c in (1, 2)]
   assert paths == expected
-  assert [path for path, _ in common.conv_kernels(params)] == expected  # a ResNet's by default
   names = ["classifier/kernel", "stage1_block100/conv_norm1/conv/kernel",
            "stage1_block10/conv_norm1/conv/kernel", "stem/conv/kernel"]
   ordered = sorted(names, key=lambda n: resnet.depth_key(n.rsplit("/", 2)[0]))

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 import textwrap
 
@@ -12,7 +13,7 @@ import pytest
 from bnjax import analyze, config as config_lib, data, distributed, errors, experiments
 from bnjax.experiments import _members, divergence
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 
 def _strict_json(path: str):
@@ -34,35 +35,61 @@ def trained_workdir(tmp_path_factory) -> str:
   return workdir
 
 
-def test_analyze_measures_a_checkpoint_in_the_schema_of_the_job(trained_workdir):
-  written = analyze.analyze(trained_workdir, num_etas=3, pool_size=16, num_train_batches=1)
-  names = sorted(os.path.basename(p) for p in written)
-  assert names == ["accuracy.png", "divergence_step3.json", "divergence_step3.png",
-                   "sgd_noise_step3.json", "sgd_noise_step3.png"]
-  noise = _strict_json(os.path.join(trained_workdir, "analysis", "sgd_noise_step3.json"))
+# Every experiment's settings at a size that takes seconds; the layer choices stay the defaults.
+SMALL = dict(num_etas=3, pool_size=16, num_batches=8, num_train_batches=2, big_batch=16,
+             num_fractions=3, matrix_size=16, jacobian_batch=2, num_minibatches=1)
+
+
+def test_every_experiment_measures_a_resnet8_checkpoint_with_its_default_layers(trained_workdir):
+  """The paper's layer choices are positions, so the defaults fit a ResNet-8 (8 weight layers)."""
+  names = tuple(experiments.from_checkpoint_names())
+  assert set(names) >= {"activations", "divergence", "gradients", "ics", "random_matrix",
+                        "sgd_noise", "smoothness"}
+  written = analyze.analyze(trained_workdir, analyses=names, **SMALL)
+  results = {n: _strict_json(os.path.join(trained_workdir, "analysis", f"{n}_step3.json"))
+             for n in names}
+  assert {os.path.basename(p) for p in written} >= {f"{n}_step3.json" for n in names}
+  assert results["gradients"]["histogram_layer"] == "middle"
+  assert [(m["arm"], m["histogram_layer"]) for m in results["gradients"]["members"]] == [
+      ("norm=batch", 4)]
+  assert [m["update_layers"] for m in results["activations"]["members"]] == [[1, 3, 6]]
+  assert results["activations"]["setting"] == (
+      "ResNet-8, BN, glorot_uniform init; synthetic data (512 training images)")
+  # The schema of the jobs: sgd_noise and divergence as an example.
+  noise = results["sgd_noise"]
   assert noise["step"] == 3 and [len(arm["members"]) for arm in noise["arms"]] == [1]
   member = noise["arms"][0]["members"][0]
   assert {"arm", "seed", "lr", "base_lr", "step", "member", "diverged", "bound"} <= set(member)
   # Per-layer C in depth order: the stem first, the classifier last (not sorted by name).
   assert member["layers"][0].startswith("stem/") and member["layers"][-1].startswith("classifier/")
   assert len(member["layer_C"]) == len(member["layers"])
-  divergence = _strict_json(os.path.join(trained_workdir, "analysis", "divergence_step3.json"))
-  line = divergence["arms"][0]["lines"][0]
+  line = results["divergence"]["arms"][0]["lines"][0]
   assert line["step"] == 3 and line["minibatch"] == 4 and line["lr"] == 0.01
   assert line["relative_loss_E"][0] == pytest.approx(1.0, abs=0.01)
 
 
-def test_layer_experiments_measure_a_checkpoint_too(trained_workdir):
-  written = analyze.analyze(trained_workdir, analyses=("gradients", "random_matrix"),
-                            histogram_layer=2, matrix_size=16, jacobian_batch=2, chunk=20)
-  names = sorted(os.path.basename(p) for p in written)
-  assert names == ["accuracy.png", "gradients_step3.json", "gradients_step3_f3_histogram.png",
-                   "gradients_step3_f7_heatmap.png", "random_matrix_step3.json",
-                   "random_matrix_step3_f8.png"]
-  gradients = _strict_json(os.path.join(trained_workdir, "analysis", "gradients_step3.json"))
-  assert gradients["step"] == 3
-  assert [(m["arm"], m["lr"], m["step"]) for m in gradients["members"]] == [
-      ("norm=batch", 0.01, 3)]
+def test_settings_no_analysis_has_and_layers_outside_the_model_are_one_sentence(
+    trained_workdir):
+  figure = os.path.join(trained_workdir, "figures", "gradients_step3_f3_histogram.png")
+  before = os.path.getmtime(figure) if os.path.exists(figure) else None
+  cases = [(dict(num_etas=3), r"No analysis of \['gradients'\] has the setting 'num_etas'"),
+           (dict(histogram_layer=55), r"config.analysis.histogram_layer names layer 55, and"
+                                      r" ResNet-8, BN, glorot_uniform init has weight layers"
+                                      r" 1..8 only; pick a layer from 1 to 8 or a position")]
+  for overrides, message in cases:
+    with pytest.raises(errors.ConfigError, match=message) as info:
+      analyze.analyze(trained_workdir, analyses=("gradients",), **overrides)
+    assert "\n" not in str(info.value) and str(info.value).endswith(".")
+  assert (os.path.getmtime(figure) if os.path.exists(figure) else None) == before
+  # The command line types --config.analysis.* by the named analyses' settings.
+  result = subprocess.run(
+      [sys.executable, "-m", "bnjax.analyze", f"--workdir={trained_workdir}",
+       "--analyses=gradients", "--config.analysis.num_etas=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --config.analysis.num_etas is no setting of the analyses ['gradients']; check its"
+      " spelling: use --config.analysis.FIELD=VALUE with FIELD one of ['histogram_layer'].")
 
 
 def test_a_run_without_members_json_is_one_sentence(trained_workdir, tmp_path):

@@ -72,10 +72,20 @@ def test_the_model_trains_and_the_analysis_measures_its_checkpoint(my_lab, tmp_p
   result = _read(tmp_path / "analysis" / "weight_norms_step4.json")
   assert [(m["arm"], m["step"], m["lr"]) for m in result["members"]] == [
       (f"width={w}", 4, lr) for w in (16, 64) for lr in config.sweep.lrs]
+  analyze.analyze(str(tmp_path), analyses=("my_lab.weight_norms",), squared=True)
+  squared = _read(tmp_path / "analysis" / "weight_norms_step4.json")["members"][0]["norms"]
+  assert squared == pytest.approx([n**2 for n in result["members"][0]["norms"]], rel=1e-5)
 
 
 def test_the_model_family_checks_its_own_fields(my_lab):
   config = _config(my_lab)
+  assert config.model.to_dict() == {"name": "my_lab.mlp", "width": 16}
+  with config.model.unlocked():
+    config.model.depth = 3
+  with pytest.raises(errors.ConfigError, match=r"config.model.depth is not a field of the"
+                                               r" 'my_lab.mlp' model; its fields are \['width'\]"):
+    config_lib.validate(config)
+  del config.model["depth"]
   config.model.width = -3
   config.sweep.arms.width = (-3,)
   with pytest.raises(errors.ConfigError, match="config.model.width must be a positive integer"):

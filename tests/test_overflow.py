@@ -90,7 +90,7 @@ def test_f3_f7_gradients_report_no_finite_number(overflowing):
   out = jax.jit(lambda v: gradients.gradient_summary(model, v, images, labels, 3))(variables)
   assert not out["finite"]
   assert _not_finite(out["loss"]) and _not_finite(out["output_grad_BxK"])
-  assert _not_finite(out["layer_grad_values"]) and _not_finite(out["conv_grad_norms_L"])
+  assert _not_finite(out["layer_grad_values"]) and _not_finite(out["weight_grad_norms_L"])
 
 
 def test_f5_f6_moments_flag_the_overflow(overflowing):

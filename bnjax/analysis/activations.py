@@ -16,11 +16,13 @@ order (k = 1 is the stem), then the classifier, so that ResNet-110's 109
 convolutions and one dense layer are layers 1..110.
 """
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnjax import forward, train
+from bnjax import forward, models, train
 from bnjax.analysis import common
 
 Stats = dict[str, jax.Array]
@@ -62,6 +64,12 @@ def numbered_layers(model: nn.Module, variables: common.Variables, images_BxHxWx
   return record("conv_out") + record("logits")
 
 
+def num_numbered_layers(model: nn.Module) -> int:
+  """L of `numbered_layers`: the conv_out layers the model records and its logits."""
+  counts = models.recordings(model)
+  return counts.get("conv_out", 0) + counts.get("logits", 0)
+
+
 def moments_vs_depth(model: nn.Module, variables: common.Variables,
                      images_BxHxWxC: jax.Array) -> dict[str, list[jax.Array]]:
   """F6, "channel moments vs depth": per-channel |mean| and std of layers 1..L.
@@ -86,15 +94,21 @@ def signal_propagation(model: nn.Module, variables: common.Variables,
   At every residual block output: "mean_sq_N", the average over channels of
   the squared channel mean; "var_N", the average channel variance; and
   "branch_var_N", the average channel variance of the residual branch
-  (branch_out, before the skip is added). N is the number of blocks.
+  (branch_out, before the skip is added). N is the number of blocks. A
+  model that records no block_out (an MLP, a plain VGG) has no blocks: its
+  entries are left out, and {} without branch_out either.
   """
   def summarise(kind: str) -> list[Stats]:
     return [channel_moments(x) for _, x in
             common.recorded_layers(model, variables, images_BxHxWxC, kind)]
   blocks, branches = summarise("block_out"), summarise("branch_out")
-  return {"mean_sq_N": jnp.stack([jnp.mean(jnp.square(s["mean_C"])) for s in blocks]),
-          "var_N": jnp.stack([jnp.mean(s["var_C"]) for s in blocks]),
-          "branch_var_N": jnp.stack([jnp.mean(s["var_C"]) for s in branches])}
+  out = {}
+  if blocks:
+    out["mean_sq_N"] = jnp.stack([jnp.mean(jnp.square(s["mean_C"])) for s in blocks])
+    out["var_N"] = jnp.stack([jnp.mean(s["var_C"]) for s in blocks])
+  if branches:
+    out["branch_var_N"] = jnp.stack([jnp.mean(s["var_C"]) for s in branches])
+  return out
 
 
 def sgd_direction(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
@@ -107,27 +121,28 @@ def sgd_direction(model: nn.Module, variables: common.Variables, images_BxHxWxC:
 def diverging_update_moments(model: nn.Module, variables: common.Variables,
                              images_BxHxWxC: jax.Array, labels_B: jax.Array,
                              lr: float | jax.Array, fractions_S: jax.Array,
-                             layers: tuple[int, ...]) -> dict[str, jax.Array]:
+                             layers: Sequence[common.LayerChoice]) -> dict[str, jax.Array]:
   """F5, "activations during a diverging update": moments along θ + s·Δθ.
 
   Δθ = −lr·g is the SGD step on this batch (`sgd_direction`); for each
   fraction s in `fractions_S` (e.g. a grid from 0 to 1) the network with
-  parameters θ + s·Δθ is run on the same batch. For each weight layer k in
-  `layers` (numbered as in `numbered_layers`, 1-based) returns
-  "mean_k" and "var_k" of shape (S, C_k): per-channel mean and variance over
-  batch and space; plus "loss_S", the loss along the way (NaN where any
-  weight layer's output overflowed), and "finite_S", whether every weight
-  layer's output was finite. Fractions are visited one at a time
-  (`lax.map`) to keep memory at one forward pass. A layer outside 1..L
-  raises ValueError rather than counting from the end.
+  parameters θ + s·Δθ is run on the same batch. For each weight layer k
+  that `layers` names (numbers as in `numbered_layers`, 1-based, or
+  positions: `common.resolve_layers`) returns "mean_k" and "var_k" of shape
+  (S, C_k): per-channel mean and variance over batch and space; plus
+  "loss_S", the loss along the way (NaN where any weight layer's output
+  overflowed), and "finite_S", whether every weight layer's output was
+  finite. Fractions are visited one at a time (`lax.map`) to keep memory at
+  one forward pass. A layer outside 1..L is refused (`errors.ConfigError`)
+  rather than counted from the end.
   """
+  layers = common.resolve_layers(layers, num_numbered_layers(model))
   step = sgd_direction(model, variables, images_BxHxWxC, labels_B, lr)
 
   def at_fraction(s: jax.Array) -> dict[str, jax.Array]:
     params = jax.tree.map(lambda p, d: p + s * d, variables["params"], step)
     moved = {**variables, "params": params}
     outputs = numbered_layers(model, moved, images_BxHxWxC)
-    common.check_layers(layers, len(outputs), "weight")  # L is known while tracing
     finite = forward.all_finite(outputs)
     result = {"loss": jnp.where(finite, train.cross_entropy(outputs[-1], labels_B), jnp.nan),
               "finite": finite}

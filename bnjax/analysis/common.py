@@ -1,14 +1,23 @@
-"""Pieces every analysis needs: the loss and its gradient, recorded layers in depth order."""
+"""Pieces every analysis needs: the loss and its gradient, layers in depth order, layer choices.
 
-from collections.abc import Mapping
+Layers are numbered as the paper numbers ResNet-110's: weight layers (every
+convolution or Dense layer with a kernel) in the model's depth order, 1 at
+the input, L the classifier. An analysis setting that picks layers takes a
+number, or a position that fits any model (`resolve_layers`).
+"""
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from bnjax import forward, train
-from bnjax.models import ordered_leaves, resnet
+from bnjax import errors, forward, train
+from bnjax.models import ordered_leaves
 
 Variables = Mapping[str, Any]
 
@@ -53,26 +62,74 @@ def _nan_like(x: jax.Array) -> jax.Array:
   return jnp.full_like(x, jnp.nan)
 
 
-def check_layers(layers: tuple[int, ...], num_layers: int, kind: str) -> None:
-  """Refuses layer numbers outside 1..num_layers, which would index from the end or fail.
+# Layer positions that fit any model; a fraction f in (0, 1) is the layer nearest f·L.
+POSITIONS = ("first", "middle", "last")
+LayerChoice = int | float | str
 
-  `kind` names what is counted ("weight", "conv") in the one-sentence error.
+
+def layer_choice(default: LayerChoice | tuple[LayerChoice, ...]) -> ml_collections.FieldReference:
+  """A config field holding layer choices: a number, a position, or a tuple of them.
+
+  Typed `object`, so that `--config.analysis.histogram_layer=16` and
+  `=middle` (and `config.analysis.histogram_layer = 16` in Python) both
+  replace a default of either kind.
   """
-  bad = [k for k in layers if not 1 <= k <= num_layers]
-  if bad:
-    raise ValueError(f"Layers {bad} do not exist: this model's {kind} layers are"
-                     f" 1..{num_layers}, so pick layers in that range.")
+  return ml_collections.FieldReference(default, field_type=object)
+
+
+def resolve_layer(choice: LayerChoice, num_layers: int, field: str = "layer",
+                  model: str = "this model") -> int:
+  """The layer (1..num_layers) that `choice` names in a model of `num_layers` layers.
+
+  `choice` is a layer number, "first" (1), "middle" ((L + 1) // 2), "last"
+  (L), or a fraction of depth strictly between 0 and 1: the layer nearest
+  f·L, at least 1. ResNet-110's paper layers are positions: 55 is "middle",
+  8, 44 and 80 are 0.07, 0.4 and 0.73, so that the same settings fit a
+  ResNet-8 or an MLP. Anything else, or a number outside 1..L (which would
+  count from the end or fail), is refused with one sentence naming `field`
+  and `model`.
+  """
+  fix = (f"pick a layer from 1 to {num_layers} or a position: first, middle, last, or a"
+         " fraction of depth such as 0.4")
+  if isinstance(choice, str):
+    if choice not in POSITIONS:
+      raise errors.ConfigError(f"{field} names {choice!r}, which is no layer position; {fix}.")
+    return {"first": 1, "middle": (num_layers + 1) // 2, "last": num_layers}[choice]
+  if isinstance(choice, numbers.Real) and not isinstance(choice, numbers.Integral):
+    if not 0.0 < choice < 1.0:
+      raise errors.ConfigError(f"{field} has the fraction {choice!r}, outside (0, 1); {fix}.")
+    return max(1, math.floor(float(choice) * num_layers + 0.5))
+  if (isinstance(choice, bool) or not isinstance(choice, numbers.Integral)
+      or not 1 <= choice <= num_layers):
+    raise errors.ConfigError(f"{field} names layer {choice!r}, and {model} has weight layers"
+                             f" 1..{num_layers} only; {fix}.")
+  return int(choice)
+
+
+def resolve_layers(choices: LayerChoice | Sequence[LayerChoice], num_layers: int,
+                   field: str = "layers", model: str = "this model") -> tuple[int, ...]:
+  """`resolve_layer` of each choice (or of the one choice), in order, each layer once."""
+  if isinstance(choices, (str, numbers.Number)):
+    choices = (choices,)
+  layers = [resolve_layer(c, num_layers, field, model) for c in choices]
+  return tuple(dict.fromkeys(layers))
+
+
+def num_weight_layers(model: nn.Module) -> int:
+  """L, the model's number of weight layers (`weight_kernels`), computing nothing."""
+  return len(weight_kernels(model, train.abstract_variables(model)["params"]))
 
 
 def recorded_layers(model: nn.Module, variables: Variables, images_BxHxWxC: jax.Array,
                     kind: str, train_mode: bool = True) -> list[tuple[str, jax.Array]]:
   """[(module path, activation)] of every recorded `kind`, in the model's depth order.
 
-  `kind` is a name the model sows into "intermediates" (the ResNet's:
-  conv_out, norm_out, branch_out, block_out, logits; see
-  bnjax/models/resnet.py); the module path is "" for the top level. The
-  order is the model's (`models.ordered_leaves`): for the ResNet stem,
-  stage1_block00, ..., stage3_block17, one entry per block when scanned.
+  `kind` is a name the model sows into "intermediates" (conv_out,
+  norm_out, branch_out, block_out, logits; see bnjax/models/family.py);
+  the module path is "" for the top level. The order is the model's
+  (`models.ordered_leaves`): for the ResNet stem, stage1_block00, ...,
+  stage3_block17, one entry per block when scanned. Empty when the model
+  records no `kind`.
   """
   _, state = model.apply(variables, images_BxHxWxC, train=train_mode,
                          mutable=["intermediates", "batch_stats"])
@@ -102,15 +159,13 @@ def weight_kernels(model: nn.Module, params: Variables) -> list[tuple[str, jax.A
   return found
 
 
-def conv_kernels(params: Variables, model: nn.Module | None = None
-                 ) -> list[tuple[str, jax.Array]]:
-  """[(path, kernel)] of every 2-D convolution, in depth order (the ResNet's layers 1..L-1).
+def conv_kernels(params: Variables, model: nn.Module) -> list[tuple[str, jax.Array]]:
+  """[(path, kernel)] of every 2-D convolution, in the model's depth order.
 
   A convolution's kernel is a 4-D (H, W, C_in, C_out) leaf called kernel;
   its path is that of the module holding the convolution (the ResNet's
   ConvNorm: "stem", "stage1_block00/conv_norm1"). Works on parameters and on
-  gradients alike, scanned or not. Without `model`, the order is a ResNet's.
+  gradients alike, scanned or not.
   """
-  model = resnet.CifarResNet() if model is None else model
   return [("/".join(path.split("/")[:-2]), leaf) for path, leaf in ordered_leaves(model, params)
           if path.rpartition("/")[2] == "kernel" and len(getattr(leaf, "shape", ())) == 4]

@@ -50,48 +50,41 @@ def input_independence(g_BxK: jax.Array) -> dict[str, jax.Array]:
   return {"same_class_share": jnp.max(counts_K) / batch, "mean_cosine": off_diagonal}
 
 
-def conv_gradient_norms(grads: common.Variables, model: nn.Module | None = None) -> jax.Array:
-  """(L-1,) Frobenius norms of every conv kernel's gradient, layer 1 (stem) first.
-
-  In `model`'s depth order (`common.conv_kernels`; a ResNet's without it).
-  """
-  return jnp.stack([jnp.linalg.norm(g.ravel()) for _, g in common.conv_kernels(grads, model)])
-
-
 def weight_gradient_norms(model: nn.Module, grads: common.Variables) -> jax.Array:
   """(L,) Frobenius norms of every weight layer's kernel gradient (`common.weight_kernels`)."""
   return jnp.stack([jnp.linalg.norm(g.ravel()) for _, g in common.weight_kernels(model, grads)])
 
 
-def layer_gradient_values(grads: common.Variables, layer: int,
-                          model: nn.Module | None = None) -> jax.Array:
+def layer_gradient_values(model: nn.Module, grads: common.Variables, layer: int) -> jax.Array:
   """F3: every entry of weight layer `layer`'s kernel gradient, flattened.
 
-  Layers are numbered from 1 in `model`'s depth order (a ResNet's without
-  it; 1 is the stem; the paper's figure 3 uses layer 55 of ResNet-110, a
-  3x3x32x32 kernel in stage 2). A layer outside 1..number of convs raises
-  ValueError rather than counting from the end, as Python's negative
-  indices would.
+  Layers are numbered from 1 in `model`'s depth order (`common.weight_kernels`:
+  for a ResNet the convolutions, then the classifier; the paper's figure 3
+  uses layer 55 of ResNet-110, a 3x3x32x32 kernel in stage 2). A layer
+  outside 1..L is refused (`common.resolve_layer`) rather than counted from
+  the end, as Python's negative indices would.
   """
-  kernels = common.conv_kernels(grads, model)
-  common.check_layers((layer,), len(kernels), "conv")
-  return kernels[layer - 1][1].ravel()
+  kernels = common.weight_kernels(model, grads)
+  return kernels[common.resolve_layer(layer, len(kernels)) - 1][1].ravel()
 
 
 def gradient_summary(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
-                     labels_B: jax.Array, layer: int) -> dict[str, jax.Array]:
+                     labels_B: jax.Array, layer: common.LayerChoice) -> dict[str, jax.Array]:
   """Everything figures 3 and 7 show, for one member at one batch.
 
-  output_grad_BxK (F7), its input-independence scalars, the chosen layer's
-  gradient entries (F3), the conv gradient norms against depth, the loss,
-  and "finite": False when the forward pass overflowed or the gradient is
-  not finite, in which case every other entry is NaN.
+  output_grad_BxK (F7), its input-independence scalars, the gradient
+  entries of weight layer `layer` (a number or a position,
+  `common.resolve_layer`; F3) and that layer's number, every weight
+  layer's gradient norm against depth, the loss, and "finite": False when
+  the forward pass overflowed or the gradient is not finite, in which case
+  every other entry is NaN.
   """
   g_BxK = output_gradient(model, variables, images_BxHxWxC, labels_B)
   loss, grads = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)
-  return {"output_grad_BxK": g_BxK, **input_independence(g_BxK),
-          "layer_grad_values": layer_gradient_values(grads, layer, model),
-          "conv_grad_norms_L": conv_gradient_norms(grads, model),
+  number = common.resolve_layer(layer, len(common.weight_kernels(model, grads)))
+  return {"output_grad_BxK": g_BxK, **input_independence(g_BxK), "layer": number,
+          "layer_grad_values": layer_gradient_values(model, grads, number),
+          "weight_grad_norms_L": weight_gradient_norms(model, grads),
           "loss": loss, "finite": jnp.isfinite(loss)}
 
 

@@ -26,6 +26,15 @@ and, when its result spans a sweep's checkpoints rather than one,
         (`python -m bnjax.analyze --all_steps`); without it, `--all_steps`
         measures each checkpoint on its own with `from_checkpoint`.
 
+and, to refuse what it cannot measure before anything runs (`check`),
+
+    RECORDINGS: tuple[str, ...]
+        The kinds a model must record for it (conv_out, block_out, ...;
+        `bnjax.models.family`).
+    check(config) -> None
+        Raises `errors.ConfigError`, one sentence, for settings that do not
+        fit the config's models (a layer outside them, ...).
+
 Importing this package imports no experiment.
 """
 
@@ -70,6 +79,36 @@ def get(name: str) -> types.ModuleType:
 def from_checkpoint_names() -> list[str]:
   """The shipped experiments that can measure a checkpointed sweep."""
   return [n for n in names() if hasattr(get(n), "from_checkpoint")]
+
+
+def check(name: str, config: Any) -> None:
+  """Refuses, in one sentence, a config the experiment `name` cannot measure.
+
+  Every arm's model must record the experiment's `RECORDINGS`, and its own
+  `check(config)` must pass. `bnjax.main` calls this before a job touches
+  the workdir, `bnjax.analyze` before it restores a checkpoint.
+  """
+  from bnjax import models, sweep  # here: sweep imports config, which imports this package
+  experiment = get(name)
+  needed = tuple(getattr(experiment, "RECORDINGS", ()))
+  if needed:
+    for arm in sweep.make_arms(config):
+      recorded = models.recordings(sweep.build_model(arm, config))
+      missing = [kind for kind in needed if kind not in recorded]
+      if missing:
+        raise errors.ConfigError(
+            f"The {stem(name)} analysis reads the recordings {list(needed)}, and the model"
+            f" {models.describe(arm.model_config)} ({arm.model_config['name']}) records"
+            f" {sorted(recorded) or 'none'}, not {missing}; pick another analysis, or make the"
+            f" model sow them (bnjax/models/family.py).")
+  own = getattr(experiment, "check", None)
+  if own is not None:
+    own(config)
+
+
+def stem(name: str) -> str:
+  """An experiment's file stem: its module's last name (my_lab.weight_norms: weight_norms)."""
+  return name.rsplit(".", 1)[-1]
 
 
 def write(workdir: str, stem: str, result: dict[str, Any],

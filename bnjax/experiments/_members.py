@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bnjax import checkpoint, data, experiments, sweep, train, workdir as workdir_lib
+from bnjax import checkpoint, data, experiments, models, sweep, train, workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,12 @@ def load_then_prepare(config: ml_collections.ConfigDict, workdir: str) -> data.D
 def arm_label(config: ml_collections.ConfigDict, arm: sweep.Arm) -> str:
   """E.g. "norm=batch": the fields the sweep varies, as a legend label."""
   return ", ".join(f"{f}={arm.model_config[f]}" for f in sweep.arm_fields(config))
+
+
+def arm_models(config: ml_collections.ConfigDict) -> Iterator[tuple[str, nn.Module]]:
+  """(description, model) of every arm: what an experiment's `check` fits its settings to."""
+  for arm in sweep.make_arms(config):
+    yield models.describe(arm.model_config), sweep.build_model(arm, config)
 
 
 def optimizer(config: ml_collections.ConfigDict):

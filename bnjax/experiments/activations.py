@@ -6,10 +6,15 @@ Every member (arm x seed) at initialisation (`python -m bnjax.main
 of its step: per-channel moments of every weight layer against depth (F6),
 the signal propagation summaries of Brock et al. (2021), and the
 per-channel moments of `update_layers` while the SGD step −update_lr·g is
-applied in `num_fractions` steps from 0 to 1 (F5). Writes
-DIR/analysis/<stem>.json ({batch_size, step, update_lr, update_layers,
-fractions, members: [{arm, seed, step[, lr, member], finite, ...}]}) and
-the figures <stem>_f6_depth, <stem>_signal and <stem>_f5_update.
+applied in `num_fractions` steps from 0 to 1 (F5). Layers are weight
+layers, numbered or named by position ("middle", a fraction of depth:
+`analysis.common.resolve_layer`), so the defaults fit any model. A model
+must record conv_out and the logits (`RECORDINGS`); signal propagation is
+measured and drawn for models that record residual blocks (block_out,
+branch_out). Writes DIR/analysis/<stem>.json ({batch_size, step,
+update_lr, update_layers, fractions, setting, members: [{arm, seed, step[,
+lr, member], finite, update_layers (the resolved numbers), ...}]}) and the
+figures <stem>_f6_depth, <stem>_signal (with blocks) and <stem>_f5_update.
 """
 
 from collections.abc import Iterable, Sequence
@@ -20,14 +25,27 @@ import ml_collections
 import numpy as np
 
 from bnjax import data, plots, workdir as workdir_lib
-from bnjax.analysis import activations as act
+from bnjax.analysis import activations as act, common
 from bnjax.experiments import _members
+
+RECORDINGS = ("conv_out", "logits")
 
 
 def defaults() -> ml_collections.ConfigDict:
-  """The paper's F5 step (lr 3e-3) at layers 8, 44 and 80 of a ResNet-110 (16/32/64 channels)."""
-  return ml_collections.ConfigDict(dict(update_lr=3e-3, update_layers=(8, 44, 80),
-                                        num_fractions=21))
+  """The paper's F5 step (lr 3e-3) at 0.07, 0.4 and 0.73 of the depth.
+
+  In a ResNet-110 those are the paper's layers 8, 44 and 80 (one in each
+  stage: 16, 32 and 64 channels).
+  """
+  return ml_collections.ConfigDict(dict(
+      update_lr=3e-3, update_layers=common.layer_choice((0.07, 0.4, 0.73)), num_fractions=21))
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Refuses `update_layers` that some arm's model does not have, in one sentence."""
+  for name, model in _members.arm_models(config):
+    common.resolve_layers(config.analysis.update_layers, act.num_numbered_layers(model),
+                          "config.analysis.update_layers", name)
 
 
 def channel_summary(values_C: np.ndarray) -> dict[str, float]:
@@ -48,7 +66,8 @@ def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subje
   def analysis(model, variables, x, y):
     return (act.moments_vs_depth(model, variables, x), act.signal_propagation(model, variables, x),
             act.layer_statistics(model, variables, x), act.diverging_update_moments(
-                model, variables, x, y, a.update_lr, fractions, tuple(a.update_layers)))
+                model, variables, x, y, a.update_lr, fractions, a.update_layers))
+  layers = lambda update: sorted(int(k.split("_")[1]) for k in update if k.startswith("mean_"))
   members = []
   for subject, (moments, signal, stats, update) in _members.measure_each(
       subjects, analysis, images, labels):
@@ -58,27 +77,33 @@ def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subje
         "log10_std": [channel_summary(s) for s in moments["std_C"]],
         "signal_propagation": signal,
         "rms": {kind: [s["rms"] for s in layer] for kind, layer in stats.items()},
+        "update_layers": layers(update),
         "update": {"loss": update["loss_S"],
                    "relative_loss": update["loss_S"] / update["loss_S"][0],
                    **{k: v for k, v in update.items() if k != "loss_S"}}})
   return {"batch_size": int(labels.shape[0]), "step": step, "update_lr": a.update_lr,
-          "update_layers": list(a.update_layers), "fractions": fractions, "members": members}
+          "update_layers": a.update_layers, "fractions": fractions,
+          "setting": plots.setting(config), "members": members}
 
 
 def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
-  """F6 against depth, signal propagation, and F5 along the update."""
-  members, when = result["members"], _members.when(result["step"])
-  paths = [workdir_lib.figure_path(workdir, f"{stem}{suffix}")
-           for suffix in ("_f6_depth", "_signal", "_f5_update")]
+  """F6 against depth, signal propagation (models with residual blocks), and F5 along the update."""
+  members, when, setting = result["members"], _members.when(result["step"]), result["setting"]
   if not members:
     return []
-  moments_vs_depth_figure(members, paths[0], when)
-  signal_propagation_figure(members, paths[1], when)
-  diverging_update_figure(members, result["fractions"], result["update_lr"], paths[2], when)
+  path = lambda suffix: workdir_lib.figure_path(workdir, f"{stem}{suffix}")
+  paths = [path("_f6_depth"), path("_f5_update")]
+  moments_vs_depth_figure(members, paths[0], when, setting)
+  diverging_update_figure(members, result["fractions"], result["update_lr"], paths[1], when,
+                          setting)
+  with_blocks = [m for m in members if m["signal_propagation"]]
+  if with_blocks:
+    paths.append(path("_signal"))
+    signal_propagation_figure(with_blocks, paths[-1], when, setting)
   return paths
 
 
-def moments_vs_depth_figure(members: list[dict], path: str, when: str) -> None:
+def moments_vs_depth_figure(members: list[dict], path: str, when: str, setting: str) -> None:
   """F6: log10 |channel mean| and log10 channel std of every weight layer vs depth.
 
   One panel per arm (BN and no-BN side by side, shared y); points are the
@@ -97,14 +122,14 @@ def moments_vs_depth_figure(members: list[dict], path: str, when: str) -> None:
                   yerr=plots.as_float([r["std"] for r in rows]),
                   fmt="o-", ms=3, capsize=2, color=color, label=label)
     ax.set_title(arm)
-    ax.set_xlabel("layer (conv outputs in depth order, then logits)")
+    ax.set_xlabel("weight layer (outputs before normalisation, in depth order; logits last)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   axes[0][0].set_ylabel("log10 magnitude (mean ± std over channels)")
-  plots.save(fig, path, f"Channel moments vs depth {when}")
+  plots.save(fig, path, f"Channel moments vs depth {when}", setting)
 
 
-def signal_propagation_figure(members: list[dict], path: str, when: str) -> None:
+def signal_propagation_figure(members: list[dict], path: str, when: str, setting: str) -> None:
   """Signal propagation plot (Brock et al. 2021) at every residual block, per arm, log y."""
   groups = plots.by_arm(members)
   fig, axes = plots.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True,
@@ -114,6 +139,8 @@ def signal_propagation_figure(members: list[dict], path: str, when: str) -> None
   for ax, (arm, records) in zip(axes[0], groups.items()):
     for i, (key, label) in enumerate(names):
       for j, r in enumerate(records):
+        if key not in r["signal_propagation"]:
+          continue
         values = plots.as_float(r["signal_propagation"][key])
         ax.plot(np.arange(1, len(values) + 1), values, "o-", ms=3, color=f"C{i}",
                 alpha=1.0 if j == 0 else 0.4, label=label if j == 0 else None)
@@ -123,11 +150,11 @@ def signal_propagation_figure(members: list[dict], path: str, when: str) -> None
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
   axes[0][0].set_ylabel("value (activation units squared)")
-  plots.save(fig, path, f"Signal propagation {when} (one line per seed)")
+  plots.save(fig, path, f"Signal propagation {when} (one line per seed)", setting)
 
 
 def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr: float,
-                            path: str, when: str) -> None:
+                            path: str, when: str, setting: str) -> None:
   """F5: per-channel means and log10 variances of chosen layers along θ + s·Δθ.
 
   Rows: for each arm (its first seed), channel means then log10 channel
@@ -135,13 +162,16 @@ def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr:
   the SGD step −lr·g applied. Non-finite values are left blank.
   """
   records = [group[0] for group in plots.by_arm(members, "update").values()]
-  layer_keys = sorted((k for k in records[0]["update"] if k.startswith("mean_")),
-                      key=lambda k: int(k.split("_")[1]))
-  fig, axes = plots.subplots(2 * len(records), len(layer_keys), squeeze=False,
-                        figsize=(4.2 * len(layer_keys), 3.0 * 2 * len(records)))
+  columns = max(len(r["update_layers"]) for r in records)
+  fig, axes = plots.subplots(2 * len(records), columns, squeeze=False,
+                             figsize=(4.2 * columns, 3.0 * 2 * len(records)))
   extent_s = (fractions[0], fractions[-1])
   for a, record in enumerate(records):
-    for c, key in enumerate(layer_keys):
+    for ax in axes[2 * a, len(record["update_layers"]):]:
+      ax.axis("off")
+    for ax in axes[2 * a + 1, len(record["update_layers"]):]:
+      ax.axis("off")
+    for c, key in enumerate(f"mean_{k}" for k in record["update_layers"]):
       layer = key.split("_")[1]
       means = np.asarray([plots.as_float(row) for row in record["update"][key]])
       variances = np.asarray([plots.as_float(row) for row in record["update"][f"var_{layer}"]])
@@ -158,7 +188,7 @@ def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr:
         ax.set_title(f"{record['arm']}: layer {layer}", fontsize=9)
         ax.set_xlabel("channel")
         ax.set_ylabel("fraction of step applied")
-  plots.save(fig, path, f"Activations during the SGD step −{lr:g}·g {when}")
+  plots.save(fig, path, f"Activations during the SGD step −{lr:g}·g {when}", setting)
 
 
 run, from_checkpoint = _members.entry_points("activations", measure, figures)

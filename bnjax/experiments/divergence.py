@@ -21,7 +21,8 @@ import ml_collections
 import optax
 from absl import logging
 
-from bnjax import checkpoint, data, experiments, plots, workdir as workdir_lib
+from bnjax import checkpoint, data, errors, experiments, models, plots, sweep
+from bnjax import workdir as workdir_lib
 from bnjax.analysis import common, landscape
 from bnjax.experiments import _members
 
@@ -42,6 +43,16 @@ def defaults() -> ml_collections.ConfigDict:
 # rate where BN is only in part of the network.
 LR_BY_NORM = dict(batch=0.1, none=1e-4, layer=0.1, group=0.1, fixup=0.1, skipinit=0.1,
                   batch_first=1e-4, batch_last=1e-4, batch_except_last=1e-4, batch_head=1e-4)
+
+
+def usual_rate(config: ml_collections.ConfigDict, model_config: dict[str, Any]) -> float:
+  """The arm's usual rate, `analysis.lr_by_norm[norm]`; one sentence if it has none."""
+  norm = model_config.get("norm")
+  if norm not in config.analysis.lr_by_norm:
+    raise errors.ConfigError(
+        f"config.analysis.lr_by_norm has no rate for norm {norm!r} (the model"
+        f" {models.describe(model_config)}); add one to the config's analysis.lr_by_norm.")
+  return float(config.analysis.lr_by_norm[norm])
 
 
 def etas(config: ml_collections.ConfigDict) -> tuple[float, ...]:
@@ -95,15 +106,17 @@ def measure(config: ml_collections.ConfigDict, subject: _members.Subject, images
 def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]],
             **extra: Any) -> dict[str, Any]:
   return {"name": "divergence", "threshold": config.analysis.threshold, "bn_mode": BN_MODE,
-          **extra, "arms": list(arms.values())}
+          "setting": plots.setting(config), **extra, "arms": list(arms.values())}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """From initialisation: lines before the chosen updates of one member per norm."""
+  for arm in sweep.make_arms(config):  # before the workdir is touched
+    usual_rate(config, arm.model_config)
   dataset = _members.load_then_prepare(config, workdir)
   arms: dict[str, dict[str, Any]] = {}
   for subject in _members.at_init(config, seeds=(int(config.sweep.seeds[0]),)):
-    lr = float(config.analysis.lr_by_norm[subject.model_config["norm"]])
+    lr = usual_rate(config, subject.model_config)
     subject, step_fn = _members.with_rate(config, subject, lr), _members.trainer(config,
                                                                                  subject.model)
     for _ in range(max(config.analysis.minibatches)):
@@ -154,13 +167,15 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
     top.axhline(result["threshold"], color="k", ls="--", lw=1, label="divergence threshold")
     top.axhline(1.0, color="gray", lw=0.5)
     rates = {line["lr"] for line in arm["lines"]}
-    top.set_title(plots.norm_title(arm) + (f", lr {rates.pop():g}" if len(rates) == 1 else ""))
+    top.set_title(models.describe(arm) + (f", lr {rates.pop():g}" if len(rates) == 1 else ""),
+                  fontsize=9)
     top.set_ylabel("relative loss L(θ − ηg) / L(θ)")
     bottom.set_ylabel("‖∇L(θ − ηg) − g‖")
     for ax in (top, bottom):
       plots.log_log(ax, "step size η")
   path = workdir_lib.figure_path(workdir, stem)
-  plots.save(fig, path, f"Divergence along the minibatch gradient (train-mode BN), {_when(result)}")
+  plots.save(fig, path, f"Divergence along the minibatch gradient (train-mode BN), {_when(result)}",
+             result["setting"])
   return [path]
 
 

@@ -5,11 +5,14 @@ Every member (arm x seed) at initialisation (`python -m bnjax.main
 (`python -m bnjax.analyze --analyses=gradients`), on the training batch of
 its step: ∂L/∂logits per image and class (F7 heatmap, first member of each
 arm) with the scalars that say how input-independent it is; the weight
-gradients of conv layer `histogram_layer` (F3 histogram) and every conv
-layer's gradient norm against depth. Writes DIR/analysis/<stem>.json
-({batch_size, step, histogram_layer, members: [{arm, seed, step[, lr,
-member], finite, loss, ...}]}) and the figures <stem>_f7_heatmap and
-<stem>_f3_histogram.
+gradients of weight layer `histogram_layer` (F3 histogram; a number or a
+position such as "middle", resolved against each model:
+`analysis.common.resolve_layer`) and every weight layer's gradient norm
+against depth. Any model family works: it needs weight layers, nothing
+recorded. Writes DIR/analysis/<stem>.json ({batch_size, step,
+histogram_layer, setting, members: [{arm, seed, step[, lr, member],
+finite, loss, histogram_layer (the resolved number), ...}]}) and the
+figures <stem>_f7_heatmap and <stem>_f3_histogram.
 """
 
 from collections.abc import Iterable
@@ -21,13 +24,22 @@ import ml_collections
 import numpy as np
 
 from bnjax import data, plots, workdir as workdir_lib
-from bnjax.analysis import gradients as grad
+from bnjax.analysis import common, gradients as grad
 from bnjax.experiments import _members
+
+RECORDINGS = ()  # parameters and the logits only
 
 
 def defaults() -> ml_collections.ConfigDict:
-  """The paper's F3 layer: conv layer 55 of a ResNet-110."""
-  return ml_collections.ConfigDict(dict(histogram_layer=55))
+  """F3's layer, the middle weight layer: ResNet-110's layer 55, as in the paper."""
+  return ml_collections.ConfigDict(dict(histogram_layer=common.layer_choice("middle")))
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Refuses a `histogram_layer` that some arm's model does not have, in one sentence."""
+  for name, model in _members.arm_models(config):
+    common.resolve_layer(config.analysis.histogram_layer, common.num_weight_layers(model),
+                         "config.analysis.histogram_layer", name)
 
 
 def histogram(values: np.ndarray, bins: int = 81) -> dict[str, Any]:
@@ -50,13 +62,14 @@ def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subje
   summary = lambda model, variables, x, y: grad.gradient_summary(model, variables, x, y, layer)
   members, seen = [], set()
   for subject, out in _members.measure_each(subjects, summary, images, labels):
-    record = {**subject.identity(), "finite": bool(out["finite"]), "loss": out["loss"]}
+    record = {**subject.identity(), "finite": bool(out["finite"]), "loss": out["loss"],
+              "histogram_layer": int(out["layer"])}
     if record["finite"]:  # an overflowed pass has only NaN gradients to show
       record.update(_finite_record(out, labels, with_heatmap=subject.arm not in seen))
       seen.add(subject.arm)
     members.append(record)
   return {"batch_size": int(labels.shape[0]), "step": step, "histogram_layer": layer,
-          "members": members}
+          "setting": plots.setting(config), "members": members}
 
 
 def _finite_record(out: dict[str, Any], labels_B: jax.Array, with_heatmap: bool
@@ -67,7 +80,7 @@ def _finite_record(out: dict[str, Any], labels_B: jax.Array, with_heatmap: bool
   record = {"same_class_share": out["same_class_share"], "mean_cosine": out["mean_cosine"],
             "prediction_share": predictions["same_class_share"],
             "mean_max_probability": float(np.mean(np.max(probs_BxK, axis=1))),
-            "conv_grad_norms": out["conv_grad_norms_L"],
+            "weight_grad_norms": out["weight_grad_norms_L"],
             "layer_histogram": histogram(out["layer_grad_values"])}
   if with_heatmap:
     record["output_grad"] = out["output_grad_BxK"]
@@ -82,12 +95,12 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
     return []
   paths = [workdir_lib.figure_path(workdir, f"{stem}{suffix}")
            for suffix in ("_f7_heatmap", "_f3_histogram")]
-  output_gradient_figure(members, paths[0], when)
-  gradient_histogram_figure(members, result["histogram_layer"], paths[1], when)
+  output_gradient_figure(members, paths[0], when, result["setting"])
+  gradient_histogram_figure(members, paths[1], when, result["setting"])
   return paths
 
 
-def output_gradient_figure(members: list[dict], path: str, when: str) -> None:
+def output_gradient_figure(members: list[dict], path: str, when: str, setting: str) -> None:
   """F7: ∂L/∂logits per image (rows) and class (columns), BN and no-BN side by side."""
   records = [r for r in members if r.get("output_grad") is not None]
   fig, axes = plots.subplots(1, len(records), figsize=(4.5 * len(records), 6), squeeze=False)
@@ -104,14 +117,15 @@ def output_gradient_figure(members: list[dict], path: str, when: str) -> None:
     ax.set_xlabel("class")
     ax.set_ylabel("image in batch")
     ax.set_xticks(range(g.shape[1]))
-  plots.save(fig, path, f"Output-layer gradient {when}")
+  plots.save(fig, path, f"Output-layer gradient {when}", setting)
 
 
-def gradient_histogram_figure(members: list[dict], layer: int, path: str, when: str) -> None:
-  """F3: histogram of one conv layer's weight gradients per arm, and gradient norms vs depth.
+def gradient_histogram_figure(members: list[dict], path: str, when: str, setting: str) -> None:
+  """F3: histogram of one weight layer's gradients per arm, and gradient norms vs depth.
 
   Each histogram keeps its own horizontal range (the no-BN one is far
-  wider); the last panel puts every conv layer's gradient norm on a log axis.
+  wider); the last panel puts every weight layer's gradient norm on a log
+  axis, the histogram's layer dotted.
   """
   groups = plots.by_arm(members, "layer_histogram")  # members that overflowed have none
   fig, axes = plots.subplots(1, len(groups) + 1, figsize=(4.6 * (len(groups) + 1), 4),
@@ -120,23 +134,25 @@ def gradient_histogram_figure(members: list[dict], layer: int, path: str, when: 
     h = records[0]["layer_histogram"]
     edges = plots.as_float(h["edges"])
     ax.stairs(h["counts"], edges, fill=True, color=f"C{i}", alpha=0.7)
-    ax.set_title(f"{arm}: layer {layer}, std {plots.number(h['std'], '.3g')}", fontsize=10)
+    ax.set_title(f"{arm}: layer {records[0]['histogram_layer']},"
+                 f" std {plots.number(h['std'], '.3g')}", fontsize=10)
     ax.set_xlabel("weight gradient ∂L/∂w")
     ax.set_ylabel("count")
   norm_ax = axes[0][-1]
   for i, (arm, records) in enumerate(groups.items()):
     for j, r in enumerate(records):
-      norms = plots.as_float(r["conv_grad_norms"])
+      norms = plots.as_float(r["weight_grad_norms"])
       norm_ax.plot(np.arange(1, len(norms) + 1), norms, color=f"C{i}", alpha=1.0 if j == 0 else 0.4,
                    label=arm if j == 0 else None)
-  norm_ax.axvline(layer, color="gray", ls=":", lw=1)
+  for layer in sorted({r["histogram_layer"] for records in groups.values() for r in records}):
+    norm_ax.axvline(layer, color="gray", ls=":", lw=1)
   norm_ax.set_yscale("log")
-  norm_ax.set_xlabel("conv layer")
+  norm_ax.set_xlabel("weight layer (depth order)")
   norm_ax.set_ylabel("‖∂L/∂W‖ (Frobenius)")
   norm_ax.set_title("Gradient norm vs depth (one line per seed)", fontsize=10)
   norm_ax.grid(alpha=0.3, which="both")
   norm_ax.legend(fontsize=8)
-  plots.save(fig, path, f"Weight gradients {when}")
+  plots.save(fig, path, f"Weight gradients {when}", setting)
 
 
 run, from_checkpoint = _members.entry_points("gradients", measure, figures)

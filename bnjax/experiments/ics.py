@@ -22,10 +22,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bnjax import data, experiments, plots, train, workdir as workdir_lib
+from bnjax import data, errors, experiments, plots, sweep, train, workdir as workdir_lib
 from bnjax.analysis import ics
 from bnjax.experiments import _members
-from bnjax.experiments.divergence import LR_BY_NORM
+from bnjax.experiments.divergence import LR_BY_NORM, usual_rate
 
 BN_MODE = "train (batch statistics of the minibatch); G' after plain SGD on the earlier layers"
 
@@ -67,31 +67,30 @@ def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subje
   factor = float(train.lr_factor(step, config.train))
   arms: dict[str, dict[str, Any]] = {}
   for subject in subjects:
-    lr = subject.lr if subject.lr is not None else _arm_rate(config, subject)
+    lr = subject.lr if subject.lr is not None else usual_rate(config, subject.model_config)
     _members.grouped(arms, subject, "lines").extend(
         measure_subject(config, subject, dataset, lr * factor))
   return _result(config, arms, (step,))
 
 
-def _arm_rate(config: ml_collections.ConfigDict, subject: _members.Subject) -> float:
-  return float(config.analysis.lr_by_norm[subject.model_config["norm"]])
-
-
 def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]],
             steps: tuple[int, ...]) -> dict[str, Any]:
   return {"name": "ics", "batch_size": config.train.batch_size, "steps": list(steps),
-          "bn_mode": BN_MODE, "arms": list(arms.values())}
+          "bn_mode": BN_MODE, "setting": plots.setting(config), "arms": list(arms.values())}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """From initialisation: one member per arm, trained at its arm's rate, measured at each step."""
   steps = tuple(sorted(int(s) for s in config.analysis.steps))
   if steps and steps[0] < 0:
-    raise ValueError(f"analysis.steps {steps} has a negative step; measure at steps >= 0.")
+    raise errors.ConfigError(f"config.analysis.steps {steps} has a negative step; measure at"
+                             " steps >= 0.")
+  for arm in sweep.make_arms(config):  # before the workdir is touched
+    usual_rate(config, arm.model_config)
   dataset = _members.load_then_prepare(config, workdir)
   arms: dict[str, dict[str, Any]] = {}
   for subject in _members.at_init(config, seeds=(int(config.sweep.seeds[0]),)):
-    lr = _arm_rate(config, subject)
+    lr = usual_rate(config, subject.model_config)
     subject = _members.with_rate(config, subject, lr)
     step_fn = _members.trainer(config, subject.model)
     for step in steps:
@@ -151,6 +150,7 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
       ax.grid(alpha=0.3, which="both")
       ax.legend(fontsize=8)
   path = workdir_lib.figure_path(workdir, f"{stem}_f5")
-  plots.save(fig, path, f"Internal covariate shift (Santurkar et al. def. 2.1),"
-                        f" batch {result['batch_size']}")
+  plots.save(fig, path, f"Internal covariate shift (Santurkar et al. def. 2.1) at steps"
+                        f" {', '.join(map(str, steps))}, batch {result['batch_size']}",
+             result["setting"])
   return [path]

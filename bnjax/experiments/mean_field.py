@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bnjax import data, experiments, plots, sweep, train, workdir as workdir_lib
+from bnjax import data, errors, experiments, plots, sweep, train, workdir as workdir_lib
 from bnjax.experiments import _members
 from bnjax.models import mlp
 
@@ -35,11 +35,20 @@ from bnjax.models import mlp
 # norm grows by π/(π-1) per layer going backwards (docs/mean_field.md).
 SQUARED_FACTOR_RELU_BN = math.pi / (math.pi - 1)
 KINDS = ("weight_grad", "preact_grad")
+MODEL = "bnjax.models.mlp"
 
 
 def defaults() -> ml_collections.ConfigDict:
   """Leave out one layer at each end of the fit (input layer, layer below the classifier)."""
   return ml_collections.ConfigDict(dict(fit_skip=1))
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Refuses, in one sentence, a model other than the MLP, whose pre-activations it perturbs."""
+  if config.model.name != MODEL:
+    raise errors.ConfigError(f"mean_field measures the {MODEL!r} model (it perturbs its"
+                             f" pre-activations), not {config.model.name!r}; set"
+                             f" --config.model.name={MODEL}.")
 
 
 def predicted_factor(norm: str) -> float:
@@ -103,12 +112,14 @@ def measure(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[st
                                    config.analysis.fit_skip) for k in KINDS}}
   return {"batch_size": int(labels.shape[0]), "depth": config.model.depth,
           "width": config.model.width, "seeds": seeds, "fit_skip": config.analysis.fit_skip,
+          "setting": plots.setting(config),
           "predicted_factor": predicted_factor("batch"),
           "predicted_factor_squared": SQUARED_FACTOR_RELU_BN, "arms": arms}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Measures every arm x seed at initialisation; writes the JSON and the figure."""
+  check(config)
   dataset = data.load(config.data)  # fails before the workdir is touched
   workdir_lib.prepare(workdir, config)
   result = measure(config, dataset)
@@ -140,6 +151,7 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
     ax.set_title(titles[kind], fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-  plots.save(fig, path, f"Gradients at initialisation: depth {result['depth']}, width"
-             f" {result['width']}, batch {result['batch_size']}, {len(result['seeds'])} seeds")
+  plots.save(fig, path, f"Gradients at initialisation (step 0): depth {result['depth']}, width"
+             f" {result['width']}, batch {result['batch_size']}, {len(result['seeds'])} seeds",
+             result["setting"])
   return [path]

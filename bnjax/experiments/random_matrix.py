@@ -54,7 +54,8 @@ def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subje
   jacobian = [{**subject.identity(), **out}
               for subject, out in _members.measure_each(subjects, spectrum, images)]
   return {"matrix_size": a.matrix_size, "trials": a.trials, "products": products(config),
-          "jacobian_batch": a.jacobian_batch, "step": step, "jacobian": jacobian}
+          "jacobian_batch": a.jacobian_batch, "step": step, "setting": plots.setting(config),
+          "jacobian": jacobian}
 
 
 def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
@@ -102,7 +103,7 @@ def random_matrix_figure(results: dict, path: str, when: str) -> None:
   for ax in list(axes[0][len(products):]) + list(axes[1][2:]):
     ax.axis("off")
   plots.save(fig, path, "Singular values: random matrix products and the network's input-output"
-        f" Jacobian {when}, {results['jacobian_batch']} images")
+             f" Jacobian {when}, {results['jacobian_batch']} images", results["setting"])
 
 
 run, from_checkpoint = _members.entry_points("random_matrix", measure, figures)

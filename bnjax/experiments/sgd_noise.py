@@ -24,7 +24,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bnjax import checkpoint, data, experiments, forward, plots, train, workdir as workdir_lib
+from bnjax import checkpoint, data, experiments, forward, models, plots, train
+from bnjax import workdir as workdir_lib
 from bnjax.analysis import noise
 from bnjax.experiments import _members
 
@@ -115,7 +116,8 @@ def _record(config, programs: Programs, subject: _members.Subject, pool_, lr: fl
 def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]], size: int,
             step: int) -> dict[str, Any]:
   return {"name": "sgd_noise", "batch_size": config.train.batch_size, "pool_size": size,
-          "step": step, "bn_mode": BN_MODE, "arms": list(arms.values())}
+          "step": step, "bn_mode": BN_MODE, "setting": plots.setting(config),
+          "arms": list(arms.values())}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -159,11 +161,11 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   fig, axes = plots.subplots(2, len(arms), figsize=(5.2 * len(arms), 7.5), squeeze=False)
   for col, arm in enumerate(arms):
     _noise_panel(axes[0, col], arm["members"])
-    axes[0, col].set_title(f"{plots.norm_title(arm)}, |B|={result['batch_size']},"
-                           f" pool N={result['pool_size']}")
+    axes[0, col].set_title(f"{models.describe(arm)}\n|B|={result['batch_size']},"
+                           f" pool N={result['pool_size']}", fontsize=9)
     _layer_panel(axes[1, col], [m for m in arm["members"] if not m["diverged"]])
   path = workdir_lib.figure_path(workdir, stem)
-  plots.save(fig, path, f"SGD noise and its bound {_when(result)}")
+  plots.save(fig, path, f"SGD noise and its bound {_when(result)}", result["setting"])
   return [path]
 
 
@@ -191,7 +193,7 @@ def _layer_panel(ax, alive: list[dict[str, Any]]) -> None:
             label=f"lr {m['lr']:g}  (B_simple {plots.number(m['b_simple'], '.3g')},"
                   f" two-batch {plots.number(m['b_simple_two_batch_train_mode'], '.3g')})")
   ax.set_yscale("log")
-  ax.set_xlabel("kernel in depth order (stem … classifier)")
+  ax.set_xlabel("kernel in depth order (input … classifier)")
   ax.set_ylabel("per-layer C")
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=7)

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bnjax import checkpoint, data, errors, experiments, loop, plots, sweep
+from bnjax import checkpoint, data, errors, experiments, loop, models, plots, sweep
 from bnjax import workdir as workdir_lib
 from bnjax.analysis import landscape
 from bnjax.experiments import _members, divergence
@@ -79,23 +79,13 @@ def check(config: ml_collections.ConfigDict) -> None:
         " give finite step sizes with 0 < eta_low < eta_high.")
 
 
-def usual_rate(config: ml_collections.ConfigDict, model_config: dict[str, Any]) -> float:
-  """The arm's usual rate, `analysis.lr_by_norm[norm]`; one sentence if it has none."""
-  norm = model_config.get("norm")
-  if norm not in config.analysis.lr_by_norm:
-    raise errors.ConfigError(
-        f"config.analysis.lr_by_norm has no rate for norm {norm!r}; add one, e.g."
-        f" --config.analysis.lr_by_norm.{norm}=0.1, or set --config.analysis.rates=all.")
-  return float(config.analysis.lr_by_norm[norm])
-
-
 def check_rates(config: ml_collections.ConfigDict) -> None:
   """With rates "usual", refuses a sweep that trains some arm without its usual rate."""
   if config.analysis.rates != "usual":
     return
   lrs = [float(lr) for lr in config.sweep.lrs]
   for arm in sweep.make_arms(config):
-    lr = usual_rate(config, arm.model_config)
+    lr = divergence.usual_rate(config, arm.model_config)
     if not any(math.isclose(lr, other, rel_tol=1e-6) for other in lrs):
       raise errors.ConfigError(
           f"config.analysis.rates='usual' measures norm={arm.model_config.get('norm')} at"
@@ -106,8 +96,8 @@ def selected(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subj
              ) -> Iterator[_members.Subject]:
   """The subjects `analysis.rates` asks for: all, or those at their arm's usual rate."""
   for subject in subjects:
-    if (config.analysis.rates == "all"
-        or math.isclose(subject.lr, usual_rate(config, subject.model_config), rel_tol=1e-6)):
+    usual = lambda: divergence.usual_rate(config, subject.model_config)
+    if config.analysis.rates == "all" or math.isclose(subject.lr, usual(), rel_tol=1e-6):
       yield subject
 
 
@@ -182,7 +172,8 @@ def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]],
   return {"name": NAME, "bn_mode": BN_MODE, "batch_size": config.train.batch_size,
           "data_stream": config.train.data_stream, "etas": list(divergence.etas(config)),
           "threshold": config.analysis.threshold, "rates": config.analysis.rates,
-          "steps": steps, "arms": list(arms.values()), "diverged": diverged}
+          "steps": steps, "setting": plots.setting(config), "arms": list(arms.values()),
+          "diverged": diverged}
 
 
 def from_workdir(workdir: str, config: ml_collections.ConfigDict | None = None,
@@ -231,7 +222,7 @@ def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
 
 
 def _series_label(arm: dict[str, Any], series: dict[str, Any]) -> str:
-  label = f"{plots.norm_title(arm)}, lr {series['lr']:g}"
+  label = f"{models.describe(arm)}, lr {series['lr']:g}"
   if series["status"] == "diverged":
     label += f" (diverged at step {series['diverged_step']})"
   return label
@@ -280,7 +271,10 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   loss_ax.legend(fontsize=7)
   etas = result["etas"]
   path = workdir_lib.figure_path(workdir, stem)
-  plots.save(fig, path, f"Landscape along −g over training (Santurkar et al. fig. 4):"
-                        f" η in {etas[0]:.2g}..{etas[-1]:.2g} ({len(etas)} points),"
-                        f" batch {result['batch_size']}, train-mode BN; × = some η overflowed")
+  steps = result["steps"]
+  span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}..{steps[-1]}"
+  plots.save(fig, path, f"Landscape along −g at {span} (Santurkar et al."
+                        f" fig. 4): η in {etas[0]:.2g}..{etas[-1]:.2g} ({len(etas)} points),"
+                        f" batch {result['batch_size']}, train-mode BN; × = some η overflowed",
+             result["setting"])
   return [path]

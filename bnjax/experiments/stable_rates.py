@@ -71,7 +71,7 @@ def largest_stable_rate(diverged_by_lr: Mapping[float, Sequence[bool]]) -> float
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the grid, then writes the table and its figure; returns the table."""
-  _require_arms(config)
+  check(config)
   loop.train_sweep(config, workdir)
   result = table(config, workdir_lib.read_members(workdir), workdir_lib.read_metrics(workdir))
   experiments.write(workdir, NAME, result, figures)
@@ -81,7 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return result
 
 
-def _require_arms(config: ml_collections.ConfigDict) -> None:
+def check(config: ml_collections.ConfigDict) -> None:
   """The map's axes are swept arms: config.sweep.arms must name depth and norm."""
   missing = [f for f in REQUIRED_ARMS if f not in sweep.arm_fields(config)]
   if missing:
@@ -137,7 +137,8 @@ def table(config: ml_collections.ConfigDict, members: list[dict],
     arms.append({"arm": _label(arm, fields), **arm, "largest_stable_lr": stable, "rates": rates})
   train = config.train
   return {"name": NAME, "num_steps": train.num_steps, "batch_size": train.batch_size,
-          "initializer": config.model.initializer, "data": config.data.name,
+          "initializer": config.model.get("initializer"), "data": config.data.name,
+          "setting": plots.setting(config),
           "max_loss": train.max_loss, "schedule": _schedule(train),
           "lrs": sorted({float(lr) for lr in config.sweep.lrs}),
           "seeds": [int(s) for s in config.sweep.seeds],
@@ -200,8 +201,8 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   _stable_panel(fig.add_subplot(grid[:, cols + 1]), series, lrs)
   path = workdir_lib.figure_path(workdir, stem)
   plots.save(fig, path, f"Largest stable learning rate: {result['num_steps']} steps at a"
-                        f" {result['schedule']} rate, batch {result['batch_size']},"
-                        f" {result['initializer']} init, {result['data']} data")
+                        f" {result['schedule']} rate, batch {result['batch_size']}",
+             result["setting"])
   return [path]
 
 

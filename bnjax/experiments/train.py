@@ -22,5 +22,6 @@ def figures(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Redraws figures/accuracy.png from metrics.jsonl and members.json."""
   path = workdir_lib.figure_path(workdir, "accuracy")
   plots.accuracy_figure(workdir_lib.read_metrics(workdir), workdir_lib.read_members(workdir),
-                        sweep.arm_fields(config), path, config.train.num_steps)
+                        sweep.arm_fields(config), path, config.train.num_steps,
+                        plots.training_setting(config))
   return [path]
