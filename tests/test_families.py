@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
-from bnjax import analyze, config as config_lib, errors, experiments, models
+from bnjax import analyze, checkpoint, config as config_lib, errors, experiments, models, plots
+from bnjax import sweep, workdir as workdir_lib
 
 from conftest import REPO, tiny_config
 
@@ -209,7 +210,8 @@ def test_the_mlp_family_from_the_command_line_lr_sweep_then_analyze(tmp_path):
   workdir = str(tmp_path / "mlp")
   trained = _run("bnjax.main", "--config=configs/lr_sweep.py:smoke", f"--workdir={workdir}",
                  "--config.model.width=32", "--config.model.name=bnjax.models.mlp",
-                 "--config.model.depth=3", "--config.sweep.seeds=(0,)", "--config.sweep.lrs=(0.05,)",
+                 "--config.model.depth=3", "--config.sweep.seeds=(0,)",
+                 "--config.sweep.lrs=(0.05,)",
                  "--config.train.num_steps=10", "--config.eval_every=5")
   assert trained.returncode == 0, trained.stderr[-3000:]
   config = _read(os.path.join(workdir, "config.json"))
@@ -232,3 +234,20 @@ def test_the_mlp_family_from_the_command_line_lr_sweep_then_analyze(tmp_path):
   grads = _read(os.path.join(workdir, "analysis", "gradients_step10.json"))
   assert grads["setting"].startswith("MLP 3x32, BN / no BN; synthetic data")
   assert {m["histogram_layer"] for m in grads["members"]} == {4}  # 3 hidden layers, classifier
+
+
+def test_a_run_from_before_families_declared_their_fields_still_loads_and_resumes(tmp_path):
+  """config.json of an older run declares the ResNet's four arm fields only (no scan_blocks)."""
+  config = tiny_config()
+  old = workdir_lib.config_dict(config)
+  del old["sweep"]["arms"]["scan_blocks"]
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(old))
+  workdir_lib.prepare(str(workdir), config)  # the identical rerun is the same run: it resumes
+  loaded = checkpoint.read_config(str(workdir))
+  assert plots.setting(loaded) == (
+      "ResNet-8, BN / no BN, glorot_uniform init; synthetic data (512 training images)")
+  del loaded.model["scan_blocks"]  # a model field a config does not give takes its default
+  model = sweep.build_model(sweep.make_arms(loaded)[0], loaded)
+  assert model.scan_blocks is False and model.depth == 8

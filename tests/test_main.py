@@ -182,6 +182,22 @@ def test_a_config_file_that_is_missing_or_has_no_get_config_is_one_sentence(
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
   assert re.match("error: " + message.format(path=path), result.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.width=64",
+     "error: config has no field 'model.width' (--config.model.width); check its spelling:"
+     " config.model of the 'resnet' model (--config.model.name picks another) has the fields"
+     " ['depth', 'initializer', 'name', 'norm', 'scan_blocks', 'shortcut']."),
+    ("--config.model.name=no_such_family",
+     "error: Unknown model 'no_such_family' (config.model.name); use one of ['resnet'] or an"
+     " importable module path."),
+])
+def test_a_family_field_or_family_the_command_line_lacks_is_one_sentence(tmp_path, override,
+                                                                         message):
+  result = _main(tmp_path / "run", override, timeout=60)
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == message
   assert not (tmp_path / "run").exists()
 
 

@@ -27,6 +27,7 @@ from bnjax.analysis import common, landscape
 from bnjax.experiments import _members
 
 BN_MODE = "train (batch statistics of the minibatch)"
+RECORDINGS = ()  # the loss and its gradient only
 
 
 def defaults() -> ml_collections.ConfigDict:

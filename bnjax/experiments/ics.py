@@ -28,6 +28,7 @@ from bnjax.experiments import _members
 from bnjax.experiments.divergence import LR_BY_NORM, usual_rate
 
 BN_MODE = "train (batch statistics of the minibatch); G' after plain SGD on the earlier layers"
+RECORDINGS = ()  # weight layers' gradients only
 
 
 def defaults() -> ml_collections.ConfigDict:

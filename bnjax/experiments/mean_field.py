@@ -36,6 +36,7 @@ from bnjax.models import mlp
 SQUARED_FACTOR_RELU_BN = math.pi / (math.pi - 1)
 KINDS = ("weight_grad", "preact_grad")
 MODEL = "bnjax.models.mlp"
+RECORDINGS = ()  # the MLP's perturbed pre-activations, not its recordings
 
 
 def defaults() -> ml_collections.ConfigDict:

@@ -25,6 +25,8 @@ from bnjax import data, plots, workdir as workdir_lib
 from bnjax.analysis import random_matrix as rm
 from bnjax.experiments import _members
 
+RECORDINGS = ()  # the network's Jacobian only
+
 
 def defaults() -> ml_collections.ConfigDict:
   """The paper's sizes: 1024 x 1024 matrices; 16 images (160 singular values) for the Jacobian."""

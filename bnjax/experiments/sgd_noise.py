@@ -32,6 +32,8 @@ from bnjax.experiments import _members
 BN_MODE = ("per-example gradients with BN statistics of the pool held fixed;"
            " measured_train_mode uses train-mode minibatch gradients")
 
+RECORDINGS = ()  # per-example gradients only
+
 
 def defaults() -> ml_collections.ConfigDict:
   """The paper's sizes: a pool of 512 examples standing in for the training set."""

@@ -49,6 +49,7 @@ from bnjax.analysis import landscape
 from bnjax.experiments import _members, divergence
 
 NAME = "smoothness"
+RECORDINGS = ()  # the loss and its gradient only
 RATES = ("all", "usual")
 BN_MODE = "train (batch statistics of the minibatch, recomputed at each θ − ηg)"
 # Per-step numbers of a series, in the order the JSON lists them.

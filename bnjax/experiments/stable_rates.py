@@ -40,6 +40,7 @@ from matplotlib.patches import Rectangle
 from bnjax import errors, experiments, loop, plots, sweep, workdir as workdir_lib
 
 NAME = "stable_rates"
+RECORDINGS = ()  # trains; measures nothing in the models
 REQUIRED_ARMS = ("depth", "norm")
 HEATMAP_COLUMNS = 2  # heatmaps per row of the figure
 

@@ -11,7 +11,7 @@ replaces it). Not registered by name: use `config.model.name =
 `--config.model.name=bnjax.models.mlp` on any config.
 
 Each hidden layer sows its Dense output as "conv_out" and its BN output
-as "norm_out" (the kinds of `bnjax/models/resnet.py`, so that analyses
+as "norm_out" (kinds `bnjax/models/family.py` lists, so that analyses
 reading them work unchanged); with `perturbed=True` it also adds a
 zero "perturbations"/"preact" to the Dense output, whose gradient is the
 loss gradient with respect to that pre-activation (`nn.Module.perturb`).
