@@ -84,9 +84,9 @@ def validate(model_config: Mapping[str, Any]) -> None:
   family_lib.check(family is not None, f"Unknown model {name!r} (config.model.name); use one of"
                                        f" {sorted(FAMILIES)} or an importable module path.")
   fields = dict(family.defaults())
-  unknown = [f for f in family_lib.fields(model_config) if f not in fields]
-  family_lib.check(not unknown, f"config.model.{unknown[0] if unknown else ''} is not a field of"
-                                f" the {name!r} model; its fields are {sorted(fields)}.")
+  for field in family_lib.fields(model_config):
+    family_lib.check(field in fields, f"config.model.{field} is not a field of the {name!r} model;"
+                                      f" its fields are {sorted(fields)}.")
   family.validate(complete(model_config))
 
 
