@@ -105,7 +105,8 @@ def test_a_non_finite_measurement_is_drawn_as_such(tmp_path):
   line = {"lr": 0.1, "minibatch": 0, "eta_E": [1e-3, 1e-2], "relative_loss_E": [None, None],
           "grad_change_E": [None, None], "max_stable_eta": None, "beta_smoothness": None}
   result = {"threshold": 2.0, "step": 3,
-            "arms": [{"norm": "batch", "shortcut": "A", "depth": 8, "lines": [line]}]}
+            "arms": [{"name": "resnet", "norm": "batch", "shortcut": "A", "depth": 8,
+                      "lines": [line]}]}
   (tmp_path / "figures").mkdir()
   [path] = divergence.figures(result, str(tmp_path), "divergence")
   assert os.path.getsize(path) > 1000

@@ -88,7 +88,7 @@ def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subje
 
 def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   """F6 against depth, signal propagation (models with residual blocks), and F5 along the update."""
-  members, when, setting = result["members"], _members.when(result["step"]), result["setting"]
+  members, when, setting = result["members"], _members.when(result["step"]), result.get("setting")
   if not members:
     return []
   path = lambda suffix: workdir_lib.figure_path(workdir, f"{stem}{suffix}")
@@ -103,7 +103,8 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   return paths
 
 
-def moments_vs_depth_figure(members: list[dict], path: str, when: str, setting: str) -> None:
+def moments_vs_depth_figure(members: list[dict], path: str, when: str,
+                            setting: str | None) -> None:
   """F6: log10 |channel mean| and log10 channel std of every weight layer vs depth.
 
   One panel per arm (BN and no-BN side by side, shared y); points are the
@@ -129,7 +130,8 @@ def moments_vs_depth_figure(members: list[dict], path: str, when: str, setting: 
   plots.save(fig, path, f"Channel moments vs depth {when}", setting)
 
 
-def signal_propagation_figure(members: list[dict], path: str, when: str, setting: str) -> None:
+def signal_propagation_figure(members: list[dict], path: str, when: str,
+                              setting: str | None) -> None:
   """Signal propagation plot (Brock et al. 2021) at every residual block, per arm, log y."""
   groups = plots.by_arm(members)
   fig, axes = plots.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True,
@@ -154,7 +156,7 @@ def signal_propagation_figure(members: list[dict], path: str, when: str, setting
 
 
 def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr: float,
-                            path: str, when: str, setting: str) -> None:
+                            path: str, when: str, setting: str | None) -> None:
   """F5: per-channel means and log10 variances of chosen layers along θ + s·Δθ.
 
   Rows: for each arm (its first seed), channel means then log10 channel

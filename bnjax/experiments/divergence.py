@@ -176,7 +176,7 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
       plots.log_log(ax, "step size η")
   path = workdir_lib.figure_path(workdir, stem)
   plots.save(fig, path, f"Divergence along the minibatch gradient (train-mode BN), {_when(result)}",
-             result["setting"])
+             result.get("setting"))
   return [path]
 
 

@@ -95,12 +95,13 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
     return []
   paths = [workdir_lib.figure_path(workdir, f"{stem}{suffix}")
            for suffix in ("_f7_heatmap", "_f3_histogram")]
-  output_gradient_figure(members, paths[0], when, result["setting"])
-  gradient_histogram_figure(members, paths[1], when, result["setting"])
+  output_gradient_figure(members, paths[0], when, result.get("setting"))
+  gradient_histogram_figure(members, paths[1], when, result.get("setting"))
   return paths
 
 
-def output_gradient_figure(members: list[dict], path: str, when: str, setting: str) -> None:
+def output_gradient_figure(members: list[dict], path: str, when: str,
+                           setting: str | None) -> None:
   """F7: ∂L/∂logits per image (rows) and class (columns), BN and no-BN side by side."""
   records = [r for r in members if r.get("output_grad") is not None]
   fig, axes = plots.subplots(1, len(records), figsize=(4.5 * len(records), 6), squeeze=False)
@@ -120,7 +121,8 @@ def output_gradient_figure(members: list[dict], path: str, when: str, setting: s
   plots.save(fig, path, f"Output-layer gradient {when}", setting)
 
 
-def gradient_histogram_figure(members: list[dict], path: str, when: str, setting: str) -> None:
+def gradient_histogram_figure(members: list[dict], path: str, when: str,
+                              setting: str | None) -> None:
   """F3: histogram of one weight layer's gradients per arm, and gradient norms vs depth.
 
   Each histogram keeps its own horizontal range (the no-BN one is far

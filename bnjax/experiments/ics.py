@@ -153,5 +153,5 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   path = workdir_lib.figure_path(workdir, f"{stem}_f5")
   plots.save(fig, path, f"Internal covariate shift (Santurkar et al. def. 2.1) at steps"
                         f" {', '.join(map(str, steps))}, batch {result['batch_size']}",
-             result["setting"])
+             result.get("setting"))
   return [path]

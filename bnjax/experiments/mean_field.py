@@ -154,5 +154,5 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
     ax.legend(fontsize=8)
   plots.save(fig, path, f"Gradients at initialisation (step 0): depth {result['depth']}, width"
              f" {result['width']}, batch {result['batch_size']}, {len(result['seeds'])} seeds",
-             result["setting"])
+             result.get("setting"))
   return [path]

@@ -105,7 +105,7 @@ def random_matrix_figure(results: dict, path: str, when: str) -> None:
   for ax in list(axes[0][len(products):]) + list(axes[1][2:]):
     ax.axis("off")
   plots.save(fig, path, "Singular values: random matrix products and the network's input-output"
-             f" Jacobian {when}, {results['jacobian_batch']} images", results["setting"])
+             f" Jacobian {when}, {results['jacobian_batch']} images", results.get("setting"))
 
 
 run, from_checkpoint = _members.entry_points("random_matrix", measure, figures)

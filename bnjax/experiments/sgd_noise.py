@@ -167,7 +167,7 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
                            f" pool N={result['pool_size']}", fontsize=9)
     _layer_panel(axes[1, col], [m for m in arm["members"] if not m["diverged"]])
   path = workdir_lib.figure_path(workdir, stem)
-  plots.save(fig, path, f"SGD noise and its bound {_when(result)}", result["setting"])
+  plots.save(fig, path, f"SGD noise and its bound {_when(result)}", result.get("setting"))
   return [path]
 
 

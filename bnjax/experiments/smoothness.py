@@ -277,5 +277,5 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   plots.save(fig, path, f"Landscape along −g at {span} (Santurkar et al."
                         f" fig. 4): η in {etas[0]:.2g}..{etas[-1]:.2g} ({len(etas)} points),"
                         f" batch {result['batch_size']}, train-mode BN; × = some η overflowed",
-             result["setting"])
+             result.get("setting"))
   return [path]

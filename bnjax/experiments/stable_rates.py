@@ -203,7 +203,7 @@ def figures(result: dict[str, Any], workdir: str, stem: str) -> list[str]:
   path = workdir_lib.figure_path(workdir, stem)
   plots.save(fig, path, f"Largest stable learning rate: {result['num_steps']} steps at a"
                         f" {result['schedule']} rate, batch {result['batch_size']}",
-             result["setting"])
+             result.get("setting"))
   return [path]
 
 

@@ -66,7 +66,8 @@ _BLOCK = re.compile(r"(stage\d+)_block(\d+)")
 NORM_TITLES = {"batch": "BN", "none": "no BN", "layer": "LayerNorm", "group": "GroupNorm",
                "fixup": "Fixup", "skipinit": "SkipInit",
                "batch_first": "BN in the stem and stage 1", "batch_last": "BN in stage 3 only",
-               "batch_except_last": "BN except in stage 3", "batch_head": "BN before the classifier"}
+               "batch_except_last": "BN except in stage 3",
+               "batch_head": "BN before the classifier"}
 # "A" and "B" are He et al.'s options; "none" is their plain network, the
 # same layers without the skip connection.
 SHORTCUTS = ("A", "B", "none")
