@@ -36,7 +36,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bnjax import checkpoint, data, distributed, errors, experiments, ownership
+from bnjax import checkpoint, data, distributed, errors, experiments, logs, ownership
 from bnjax import workdir as workdir_lib
 from bnjax.experiments import train
 
@@ -219,6 +219,7 @@ def _measure(workdir: str, name: str, run: checkpoint.Run, dataset: data.Dataset
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logs.setup()
   try:
     overrides = {path.split(".", 1)[1]: value
                  for path, value in config_flags.get_override_values(flags.FLAGS["config"]).items()}

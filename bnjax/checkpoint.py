@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from bnjax import errors, models, ownership, sweep, train, workdir as workdir_lib
+from bnjax import errors, logs, models, ownership, sweep, train, workdir as workdir_lib
 
 CHECKPOINT_DIR = ownership.CHECKPOINT_DIR
 # The layout of the saved arms tree (which leaves, their shapes); bump it when
@@ -63,8 +63,10 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict,
   It saves (`manager.should_save`) every `checkpoint.every` steps and at
   the kept steps, and keeps the latest `keep` of those and the kept steps.
   Its items' handlers are named so that `item_metadata` can read a saved
-  tree's layout before restoring it (see `restore`).
+  tree's layout before restoring it (see `restore`). Orbax's chatter about
+  it stays out of the log (`logs.setup`), in scripts too.
   """
+  logs.setup()
   saving = checkpoint_managers.AnySavePolicy([
       checkpoint_managers.FixedIntervalPolicy(config.checkpoint.every),
       checkpoint_managers.SpecificStepsPolicy(kept_steps(config)),

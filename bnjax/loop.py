@@ -8,7 +8,6 @@ steps; it fetches metrics every `log_every` steps and evaluates every
 import contextlib
 import dataclasses
 import signal
-import time
 from collections.abc import Iterator
 
 import jax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from bnjax import checkpoint, data, distributed, errors, plots, sweep, train
+from bnjax import checkpoint, curves, data, distributed, errors, plots, progress, sweep, train
 from bnjax import executor as executor_lib, mesh as mesh_lib, workdir as workdir_lib
 
 
@@ -66,16 +65,18 @@ def members_table(runs: list[ArmRun], fields: tuple[str, ...], finished: bool,
   return records
 
 
-def _metric_records(run: ArmRun, step: int, interval_start: int, fields: tuple[str, ...],
-                    lr_factor: float, train_means: dict | None, test: dict | None) -> list[dict]:
+def _metric_records(run: ArmRun, status: list[tuple[bool, int]], step: int, interval_start: int,
+                    fields: tuple[str, ...], lr_factor: float, train_means: dict | None,
+                    test: dict | None) -> list[dict]:
   """One metrics.jsonl record per member still training at `step`.
 
   `step` counts completed updates, and the train metrics are means over
-  updates interval_start..step-1. A member that diverged before that
-  interval is left out: its curves end where it diverged.
+  updates interval_start..step-1; `status` is each member's (diverged,
+  diverged_step). A member that diverged before that interval is left out:
+  its curves end where it diverged.
   """
   records = []
-  for i, (member, (diverged, d_step)) in enumerate(zip(run.arm.members, _member_status(run))):
+  for i, (member, (diverged, d_step)) in enumerate(zip(run.arm.members, status)):
     if diverged and d_step < interval_start:
       continue
     record = {"step": step, **member.record(fields), "learning_rate": member.lr * lr_factor}
@@ -205,16 +206,28 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     if writes:
       writer = workdir_lib.MetricsWriter(workdir, keep_through_step=start if resumed else None)
       closing.callback(writer.close)
+      curve_writer = curves.open_writer(workdir, fields)  # None without tensorboardX
+      if curve_writer is not None:
+        closing.callback(curve_writer.close)
 
     # Every process fetches (a collective, `mesh_lib.fetch`); the writer writes.
-    def log(step: int, interval_start: int, fetched: dict[int, dict]) -> None:
+    def log(step: int, interval_start: int, fetched: dict[int, dict]) -> list[str]:
+      """Writes the step's metrics records; returns a progress line per arm."""
       factor = float(train.lr_factor(max(step - 1, 0), config.train))
+      lines = []
       for run in runs:
         test = run.executor.evaluate(dataset) if _is_eval(step, config) else None
-        records = _metric_records(run, step, interval_start, fields, factor,
+        status = _member_status(run)
+        records = _metric_records(run, status, step, interval_start, fields, factor,
                                   fetched.get(run.arm.index), test)
+        lines.append(progress.arm_line(progress.arm_label(run.arm.model_config, fields),
+                                       fetched.get(run.arm.index), test,
+                                       [diverged for diverged, _ in status]))
         if writes:
           writer.write(records)
+          if curve_writer is not None:
+            curve_writer.write(records)
+      return lines
 
     def write_members(finished: bool) -> list[dict]:
       table = members_table(runs, fields, finished, config.train.data_stream)
@@ -237,30 +250,37 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
     write_members(finished=False)
     if not resumed:
-      log(0, 0, {})
+      for line in [f"step 0/{num_steps}, before training:", *log(0, 0, {})]:
+        logging.info("%s", line)
       save(0, manager.should_save(0))
     logging.info("Training %d members in %d arm(s), steps %d to %d.",
                  num_members, len(runs), start, num_steps)
-    last_log_time = time.perf_counter()
+    clock = progress.Clock()
     with _StopSignals() as signals:
       for step in range(start, num_steps):
         step_array = jnp.asarray(step, jnp.int32)
         for run in runs:
           run.executor.step(dataset, step_array)
         done = step + 1
+        if step == start:  # one wait, so that compiling is timed apart from training
+          jax.block_until_ready([run.executor.chunks for run in runs])
+          logging.info("Step %d compiled and ran in %.1f s.", done, clock.started(done))
         logs = done % config.log_every == 0 or done == num_steps or _is_eval(done, config)
         if logs:
           fetched = {run.arm.index: run.executor.take_metric_means(done - last_log_step)
                      for run in runs}
-          log(done, last_log_step, fetched)
-          now = time.perf_counter()
-          _log_progress(done, num_steps, done - last_log_step, now - last_log_time,
-                        config.train.batch_size * num_members)
-          last_log_step, last_log_time = done, now
+          clock.trained()
+          arm_lines = log(done, last_log_step, fetched)
+          logging.info("%s", clock.line(done, num_steps, config.train.batch_size * num_members))
+          for line in arm_lines:
+            logging.info("%s", line)
+          last_log_step = done
           write_members(finished=False)
         due = manager.should_save(done)
         preempted = signals.stops(sync_point=logs or due)  # read once: it forces the save
         save(done, due, preempted)
+        if logs:
+          clock.resumed()
         if preempted and done < num_steps:
           with _saving(manager):
             manager.wait_until_finished()
@@ -269,9 +289,13 @@ def train_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       manager.wait_until_finished()
   table = write_members(finished=True)
   if writes:
-    plots.accuracy_figure(workdir_lib.read_metrics(workdir), table, fields,
-                          workdir_lib.figure_path(workdir, "accuracy"), num_steps,
-                          plots.training_setting(config))
+    metrics = workdir_lib.read_metrics(workdir)
+    plots.accuracy_figure(metrics, table, fields, workdir_lib.figure_path(workdir, "accuracy"),
+                          num_steps, plots.training_setting(config))
+    logging.info("Step %d: final accuracies per (arm, rate), means over the members that did"
+                 " not diverge:", num_steps)
+    for line in progress.summary_lines(metrics, table, fields):
+      logging.info("  %s", line)
   return table
 
 
@@ -282,16 +306,3 @@ def _close(manager) -> None:
 
 def _is_eval(step: int, config: ml_collections.ConfigDict) -> bool:
   return step % config.eval_every == 0 or step == config.train.num_steps
-
-
-def _log_progress(step: int, num_steps: int, steps: int, seconds: float,
-                  images_per_step: int) -> None:
-  rate = steps / max(seconds, 1e-9)
-  eta = (num_steps - step) / rate
-  logging.info("step %d/%d  %.2f steps/s  %.0f images/s (all members)  ETA %s",
-               step, num_steps, rate, rate * images_per_step, _format_duration(eta))
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"

@@ -4,7 +4,6 @@ Any config field can be overridden with `--config.field=value`; given twice,
 the last value counts (a tuple too: `--config.sweep.seeds='(0,1)'`).
 """
 
-import logging as pylogging
 import os
 import re
 import sys
@@ -14,7 +13,7 @@ import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
-from bnjax import config as config_lib, distributed, errors, experiments, ownership
+from bnjax import config as config_lib, distributed, errors, experiments, logs, ownership
 from bnjax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -73,20 +72,6 @@ def _model_name(argv: list[str]) -> str | None:
       name = match.group(1) if match.group(1) is not None else (
           argv[i + 1] if i + 1 < len(argv) else None)
   return name
-
-
-class _QuietOrbax(pylogging.Filter):
-  """Drops Orbax's per-save INFO chatter, and the tracebacks of its errors.
-
-  Its warnings and errors still show, one line each; bnjax reports what
-  failed (a save into a full disk, say) in its own sentence.
-  """
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    if "orbax" not in record.pathname:
-      return True
-    record.exc_info, record.exc_text = None, None
-    return record.levelno >= pylogging.WARNING
 
 
 def _config_spec(argv: list[str]) -> str | None:
@@ -185,7 +170,7 @@ def _drop_closed_loop_errors() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  logs.setup()
   _drop_closed_loop_errors()
   config = _CONFIG.value
   try:

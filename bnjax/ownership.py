@@ -40,6 +40,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 FIGURES_DIR = "figures"
 ANALYSIS_DIR = "analysis"
+CURVES_DIR = "tensorboard"  # event files rewritten from metrics.jsonl (`bnjax.curves`)
 # The layout of a run directory; run.json records it.
 WORKDIR_FORMAT = 1
 # What bnjax's launchers write into a workdir before bnjax starts (`tee -a DIR/log.txt`):
@@ -149,7 +150,8 @@ def is_run(workdir: str) -> bool:
 
 def outputs(workdir: str) -> list[str]:
   """The names in `workdir` that a bnjax run writes, but the marker."""
-  names = {CHECKPOINT_DIR, _DELETING, FIGURES_DIR, ANALYSIS_DIR, *RUN_FILES} - {RUN_FILE}
+  names = {CHECKPOINT_DIR, _DELETING, FIGURES_DIR, ANALYSIS_DIR, CURVES_DIR,
+           *RUN_FILES} - {RUN_FILE}
   return sorted(_entries(workdir) & names)
 
 
@@ -266,6 +268,7 @@ def delete_run(workdir: str) -> None:
     shutil.rmtree(deleting, ignore_errors=True)
     os.replace(checkpoints, deleting)
   shutil.rmtree(deleting, ignore_errors=True)
+  shutil.rmtree(os.path.join(workdir, CURVES_DIR), ignore_errors=True)
   for folder, suffix in ((FIGURES_DIR, ".png"), (ANALYSIS_DIR, ".json")):
     folder = os.path.join(workdir, folder)
     if not os.path.isdir(folder):

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from bnjax import checkpoint, errors, executor, loop, sweep, train, workdir as workdir_lib
+from bnjax import checkpoint, curves, errors, executor, loop, sweep, train, workdir as workdir_lib
 
 from conftest import REPO, tiny_config
 
@@ -107,6 +107,9 @@ def test_killed_then_interrupted_run_resumes_bit_identical(uninterrupted, tmp_pa
   for name in ("metrics.jsonl", "members.json", "config.json"):
     assert (workdir / name).read_bytes() == (uninterrupted / name).read_bytes(), name
   _assert_same_final_state(uninterrupted, workdir)
+  if curves.tensorboardX is not None:  # the killed run's points past its checkpoint are gone
+    from test_curves import expected_curves, read_curves
+    assert read_curves(workdir) == expected_curves(workdir, ("norm",))
 
 
 def test_first_last_and_latest_checkpoints_are_kept(uninterrupted):

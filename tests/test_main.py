@@ -241,4 +241,9 @@ def test_smoke_sweep_end_to_end(tmp_path):
   # BN learns the synthetic task at the rate at which no BN diverges.
   assert final[bn[0]["member"]]["test_accuracy"] > 0.9
   assert "images/s" in result.stderr and "ETA" in result.stderr
+  # Progress per arm, the closing table; no Orbax or backend chatter without -v=1.
+  assert "norm=none: train loss" in result.stderr and "diverged 1 of 1" in result.stderr
+  assert "norm   lr   trained  train acc  test acc  diverged" in result.stderr
+  assert f"seed 1 at step {no_bn[0]['diverged_step']}" in result.stderr
+  assert "orbax" not in result.stderr.lower() and "Unable to initialize backend" not in result.stderr
   assert os.path.getsize(workdir / "figures" / "accuracy.png") > 10_000
