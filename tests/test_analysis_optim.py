@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from bnjax import config as config_lib, data, experiments, train, workdir as workdir_lib
-from bnjax.experiments import divergence
+from bnjax.experiments import divergence, sgd_noise
 from bnjax.analysis import common, landscape, noise
 from bnjax.models import make_model
 
@@ -150,6 +150,58 @@ def test_largest_stable_eta_stops_at_the_first_divergence():
   assert stable([jnp.inf] * 4) == 0.0
 
 
+def _straightforward_f2(config, model, variables, images, labels, lr: float,
+                       train_mode_noise) -> dict:
+  """F2's numbers by their definitions: one example, then one minibatch, at a time, in numpy.
+
+  `train_mode_noise` is `noise.train_mode_noise` of `model`: one backward pass per minibatch.
+  """
+  a, batch = config.analysis, config.train.batch_size
+  n, params = labels.shape[0], variables["params"]
+  loss = noise.separable_loss(model, noise.pool_statistics(model, variables, images))
+  grad = jax.jit(lambda x, y: noise.flatten(jax.grad(lambda p: loss(p, x, y)[0])(params)))
+  grads_NxP = np.stack([grad(images[i:i + 1], labels[i:i + 1]) for i in range(n)]).astype(np.float64)
+  mean_P = grads_NxP.mean(0)
+  c, grad_sq = np.mean(np.sum((grads_NxP - mean_P) ** 2, 1)), np.sum(mean_P ** 2)
+  idx = {k: np.asarray(v) for k, v in sgd_noise.minibatches(
+      n, batch, a.num_batches, a.num_train_batches, a.big_batch, a.seed).items()}
+  sgd = lambda rows: np.mean([np.sum((grads_NxP[r].mean(0) - mean_P) ** 2) for r in rows])
+  train_mode = lambda rows: np.asarray([train_mode_noise(
+      variables, images[r], labels[r], mean_P.astype(np.float32)) for r in rows])
+  k = a.num_train_batches
+  without, small, big = (train_mode(rows) for rows in
+                         (idx["without"][:k], idx["with"][:k], idx["big"]))
+  big_batch = idx["big"].shape[1]
+  g_sq = (big_batch * big[:, 1].mean() - batch * small[:, 1].mean()) / (big_batch - batch)
+  trace = (small[:, 1].mean() - big[:, 1].mean()) / (1 / batch - 1 / big_batch)
+  return {"C": c, "grad_sq_norm": grad_sq, "bound": lr**2 * c / batch,
+          "expected_without_replacement": lr**2 * c / batch * (n - batch) / (n - 1),
+          "measured": lr**2 * sgd(idx["without"]),
+          "measured_with_replacement": lr**2 * sgd(idx["with"]),
+          "measured_train_mode": lr**2 * without[:, 0].mean(), "b_simple": c / grad_sq,
+          "b_simple_two_batch_train_mode": trace / g_sq}
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_sgd_noise_measure_equals_the_straightforward_computation(norm):
+  """Chunked per-example gradients, the Gram shortcuts and (without BN) the train-mode noise
+  taken from them give F2's numbers as computed one example and one minibatch at a time."""
+  config = load_config("sgd_noise", "smoke")
+  config.train.batch_size = 4
+  config.analysis.update(pool_size=16, num_batches=8, num_train_batches=3, big_batch=8, chunk=4)
+  model, variables = _resnet8(norm)
+  images, labels = _batch(16)
+  lr, programs = 0.05, sgd_noise.Programs(model)
+  measured = jax.device_get(sgd_noise.measure(config, programs, variables, (images, labels), lr))
+  expected = _straightforward_f2(config, model, variables, images, labels, lr,
+                                 programs.train_noise)
+  assert measured["finite"]
+  for name, value in expected.items():
+    np.testing.assert_allclose(measured[name], value, rtol=2e-4, err_msg=name)
+  assert len(measured["layer_C"]) == len(measured["layers"])
+  np.testing.assert_allclose(sum(measured["layer_C"]), expected["C"], rtol=2e-4)
+
+
 def _strict_json(path: str):
   def reject(constant):
     raise ValueError(f"non-strict JSON constant {constant}")
@@ -158,7 +210,7 @@ def _strict_json(path: str):
 
 
 @pytest.mark.parametrize("name", ["divergence", "sgd_noise"])
-def test_smoke_job_writes_json_and_figure(name, tmp_path):
+def test_smoke_job_writes_json_and_figure(name, tmp_path, caplog):
   """The smoke config, shrunk further (ResNet-8, fewer points) to keep the suite fast."""
   config = load_config(name, "smoke")
   config.model.depth = 8
@@ -172,7 +224,10 @@ def test_smoke_job_writes_json_and_figure(name, tmp_path):
     config.train.batch_size = 8
   config_lib.validate(config)
   workdir = str(tmp_path)
-  experiments.get(config.job).run(config, workdir)
+  with caplog.at_level("INFO"):
+    experiments.get(config.job).run(config, workdir)
+  measured = 2 * (2 if name == "sgd_noise" else len(config.analysis.minibatches))
+  assert f"{name} {measured}/{measured} (" in caplog.text  # progress, out of the total
   result = _strict_json(os.path.join(workdir, "analysis", f"{name}.json"))
   assert os.path.getsize(os.path.join(workdir, "figures", f"{name}.png")) > 10_000
   assert [arm["norm"] for arm in result["arms"]] == ["batch", "none"]

@@ -141,7 +141,8 @@ def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, 
                       its per-leaf sums (the C_L) in depth order,
     C_L               per-leaf C (L = len(sizes)), in `flatten` order,
     b_simple          () tr Σ / ‖∇ℓ‖² (McCandlish et al.'s simple noise scale),
-    gram_NxN          ⟨∇ℓ_i − ∇ℓ, ∇ℓ_j − ∇ℓ⟩.
+    gram_NxN          ⟨∇ℓ_i − ∇ℓ, ∇ℓ_j − ∇ℓ⟩,
+    mean_dot_N        ⟨∇ℓ_i − ∇ℓ, ∇ℓ⟩.
   """
   mean_P = jnp.mean(grads_NxP, axis=0)
   centred_NxP = grads_NxP - mean_P[None]
@@ -153,7 +154,8 @@ def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, 
   grad_sq = jnp.sum(jnp.square(mean_P))
   c = jnp.sum(sq_P)
   return {"mean_grad_P": mean_P, "grad_sq_norm": grad_sq, "C": c, "C_P": sq_P, "C_L": c_L,
-          "b_simple": c / grad_sq, "gram_NxN": centred_NxP @ centred_NxP.T}
+          "b_simple": c / grad_sq, "gram_NxN": centred_NxP @ centred_NxP.T,
+          "mean_dot_N": centred_NxP @ mean_P}
 
 
 def minibatch_noise(gram_NxN: jax.Array, idx_KxB: jax.Array) -> jax.Array:
@@ -165,6 +167,22 @@ def minibatch_noise(gram_NxN: jax.Array, idx_KxB: jax.Array) -> jax.Array:
   batch = idx_KxB.shape[1]
   block_KxBxB = gram_NxN[idx_KxB[:, :, None], idx_KxB[:, None, :]]
   return jnp.sum(block_KxBxB, axis=(1, 2)) / batch**2
+
+
+def separable_minibatch_noise(stats: dict[str, jax.Array], idx_KxB: jax.Array
+                              ) -> tuple[jax.Array, jax.Array]:
+  """(‖g_B − ∇ℓ‖², ‖g_B‖²) (K,) each, of K minibatches of a separable loss, from the pool.
+
+  When the loss is a mean of per-example losses (a model without BN, whose
+  train mode is the same function), the minibatch gradient is
+  g_B = ∇ℓ + mean_{i∈B} c_i with c_i = ∇ℓ_i − ∇ℓ, so `train_mode_noise` of
+  every minibatch follows from `noise_statistics` without a backward pass:
+  ‖g_B − ∇ℓ‖² is `minibatch_noise`, and
+  ‖g_B‖² = ‖∇ℓ‖² + 2 mean_{i∈B} ⟨c_i, ∇ℓ⟩ + ‖g_B − ∇ℓ‖².
+  """
+  noise_K = minibatch_noise(stats["gram_NxN"], idx_KxB)
+  cross_K = jnp.mean(stats["mean_dot_N"][idx_KxB], axis=1)
+  return noise_K, stats["grad_sq_norm"] + 2 * cross_K + noise_K
 
 
 def sgd_noise_bound(lr: float | jax.Array, c: jax.Array, batch_size: int) -> jax.Array:

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bnjax import checkpoint, data, experiments, models, sweep, train, workdir as workdir_lib
+from bnjax import checkpoint, data, experiments, logs, models, sweep, train
+from bnjax import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,10 +222,25 @@ def measure_each(subjects: Iterable[Subject], analysis: Callable[..., Any], *arg
   """(subject, analysis(model, variables, *args) fetched to the host) for each subject.
 
   The analysis is jitted once per model and takes the variables as an argument.
+  Each subject measured is logged, out of the total, with an ETA, under the
+  name of the analysis' module ("activations: 2/6 ...").
   """
   compiled = per_model(analysis)
+  subjects = list(subjects)
+  progress = logs.Progress(getattr(analysis, "__module__", "measure").rsplit(".", 1)[-1],
+                           len(subjects))
   for subject in subjects:
-    yield subject, jax.device_get(compiled(subject.model, subject.variables, *args))
+    out = jax.device_get(compiled(subject.model, subject.variables, *args))
+    progress.done(describe(subject))
+    yield subject, out
+
+
+def describe(subject: Subject) -> str:
+  """E.g. "norm=batch, lr 0.05, seed 0, step 600": which member a progress line is about."""
+  parts = [subject.arm] if subject.arm else []
+  if subject.lr is not None:
+    parts.append(f"lr {subject.lr:g}")
+  return ", ".join(parts + [f"seed {subject.seed}", f"step {subject.step}"])
 
 
 def when(step: int) -> str:

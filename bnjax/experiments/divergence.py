@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 
-from bnjax import checkpoint, data, errors, experiments, models, plots, sweep
+from bnjax import checkpoint, data, errors, experiments, logs, models, plots, sweep
 from bnjax import workdir as workdir_lib
 from bnjax.analysis import common, landscape
 from bnjax.experiments import _members
@@ -98,10 +97,13 @@ def measure(config: ml_collections.ConfigDict, subject: _members.Subject, images
                                 a.threshold)
   else:
     found = _jit_line(subject.model, subject.variables, images, labels, etas(config), a.threshold)
-  line = {**subject.identity(), "minibatch": subject.step + 1, **jax.device_get(found)}
-  logging.info("divergence %s lr=%g minibatch %d: loss %.3g, max stable eta %.3g",
-               subject.arm, subject.lr, line["minibatch"], line["loss"], line["max_stable_eta"])
-  return line
+  return {**subject.identity(), "minibatch": subject.step + 1, **jax.device_get(found)}
+
+
+def _summary(subject: _members.Subject, line: dict[str, Any]) -> str:
+  """E.g. "norm=batch, lr 0.01, seed 0, step 600, minibatch 601: loss 0.03, max stable η 0.1"."""
+  return (f"{_members.describe(subject)}, minibatch {line['minibatch']}: loss {line['loss']:.3g},"
+          f" max stable η {line['max_stable_eta']:.3g}")
 
 
 def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]],
@@ -116,15 +118,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     usual_rate(config, arm.model_config)
   dataset = _members.load_then_prepare(config, workdir)
   arms: dict[str, dict[str, Any]] = {}
-  for subject in _members.at_init(config, seeds=(int(config.sweep.seeds[0]),)):
+  subjects = list(_members.at_init(config, seeds=(int(config.sweep.seeds[0]),)))
+  progress = logs.Progress("divergence", len(subjects) * len(set(config.analysis.minibatches)))
+  for subject in subjects:
     lr = usual_rate(config, subject.model_config)
     subject, step_fn = _members.with_rate(config, subject, lr), _members.trainer(config,
                                                                                  subject.model)
     for _ in range(max(config.analysis.minibatches)):
       if subject.step + 1 in config.analysis.minibatches:
-        _members.grouped(arms, subject, "lines").append(
-            measure(config, subject, *_members.train_batch(config, dataset, subject.step,
-                                                           seed=subject.seed)))
+        line = measure(config, subject, *_members.train_batch(config, dataset, subject.step,
+                                                              seed=subject.seed))
+        _members.grouped(arms, subject, "lines").append(line)
+        progress.done(_summary(subject, line))
       subject = _members.stepped(config, dataset, subject, step_fn)
   result = _result(config, arms)
   experiments.write(workdir, "divergence", result, figures)
@@ -138,13 +143,16 @@ def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
   images, labels = _members.train_batch(config, dataset, run_.step, seed=seed)
   arms: dict[str, dict[str, Any]] = {}
   skipped = []
-  for subject in _members.at_checkpoint(run_, seed):
+  subjects = list(_members.at_checkpoint(run_, seed))
+  progress = logs.Progress("divergence", len(subjects))
+  for subject in subjects:
     lines = _members.grouped(arms, subject, "lines")
     if subject.diverged:
-      logging.info("divergence: member %d (lr %g) diverged; skipped", subject.member, subject.lr)
       skipped.append(subject.identity())
+      progress.done(f"{_members.describe(subject)}: diverged in training, not measured")
     else:
       lines.append(measure(config, subject, images, labels))
+      progress.done(_summary(subject, lines[-1]))
   return _result(config, arms, step=run_.step, diverged=skipped)
 
 

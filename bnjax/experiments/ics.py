@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bnjax import data, errors, experiments, plots, sweep, train, workdir as workdir_lib
+from bnjax import data, errors, experiments, logs, plots, sweep, train, workdir as workdir_lib
 from bnjax.analysis import ics
 from bnjax.experiments import _members
 from bnjax.experiments.divergence import LR_BY_NORM, usual_rate
@@ -67,10 +67,13 @@ def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subje
   """
   factor = float(train.lr_factor(step, config.train))
   arms: dict[str, dict[str, Any]] = {}
+  subjects = list(subjects)
+  progress = logs.Progress("ics", len(subjects))
   for subject in subjects:
     lr = subject.lr if subject.lr is not None else usual_rate(config, subject.model_config)
     _members.grouped(arms, subject, "lines").extend(
         measure_subject(config, subject, dataset, lr * factor))
+    progress.done(_members.describe(subject))
   return _result(config, arms, (step,))
 
 

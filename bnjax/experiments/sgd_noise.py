@@ -18,13 +18,13 @@ diverged[, member], and the numbers of `measure`}.
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
-from bnjax import checkpoint, data, experiments, forward, models, plots, train
+from bnjax import checkpoint, data, experiments, forward, logs, models, plots, train
 from bnjax import workdir as workdir_lib
 from bnjax.analysis import noise
 from bnjax.experiments import _members
@@ -39,21 +39,31 @@ def defaults() -> ml_collections.ConfigDict:
   """The paper's sizes: a pool of 512 examples standing in for the training set."""
   # num_batches minibatches per member for the measured noise (cheap: from the
   # per-example gradients); num_train_batches for the train-mode noise and
-  # the two-batch estimator (one backward pass each).
+  # the two-batch estimator (one backward pass each, with BN). chunk: examples
+  # per vmapped per-example gradient call (8 ran fastest on a 2-core CPU).
   return ml_collections.ConfigDict(dict(
       pool_size=512, num_batches=4096, num_train_batches=32, big_batch=512,
-      train_steps=400, chunk=32, seed=0))
+      train_steps=400, chunk=8, seed=0))
 
 
 class Programs:
-  """The jitted pieces of measuring members of one model."""
+  """The compiled pieces of `measure` for one model, shared by all its members and rates.
 
-  def __init__(self, model):
+  Variables and rate are traced arguments, so each piece compiles once per
+  arm. The host dispatches the pieces without waiting (per-example gradients
+  a chunk of `analysis.chunk` examples per call, train-mode gradients a
+  minibatch per call) and fetches a member's numbers once, at the end. Not
+  one `lax.map` over chunks or minibatches: on XLA:CPU such a loop ran over
+  ten times slower than the same calls from the host (docs/performance.md).
+  """
+
+  def __init__(self, model: nn.Module):
     self.model = model
     self.pool_stats = jax.jit(functools.partial(noise.pool_statistics, model))
     self.per_example = jax.jit(
         lambda v, x, y: noise.per_example_grads(noise.separable_loss(model, v), v["params"], x, y))
-    self.statistics = jax.jit(noise.noise_statistics, static_argnums=1)
+    self.gram_numbers = jax.jit(functools.partial(_gram_numbers, model),
+                                static_argnames=("batch", "separable"))
     self.train_noise = jax.jit(functools.partial(noise.train_mode_noise, model))
 
 
@@ -64,43 +74,88 @@ def pool(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[jax.
           dataset.train.labels_N[:n])
 
 
+def minibatches(pool_size: int, batch: int, num_batches: int, num_train_batches: int,
+                big_batch: int, seed: int) -> dict[str, jax.Array]:
+  """The pool indices of every minibatch `measure` draws; the same for every member.
+
+  without (num_batches, batch): each minibatch without replacement;
+  with (num_batches, batch): with replacement; big (num_train_batches,
+  min(big_batch, pool_size)): with replacement. The train-mode noise uses
+  the first num_train_batches of `without` and of `with`.
+  """
+  key_without, key_small, key_big = jax.random.split(jax.random.key(seed), 3)
+  return {
+      "without": noise.sample_without_replacement(key_without, pool_size, batch, num_batches),
+      "with": jax.random.randint(key_small, (num_batches, batch), 0, pool_size),
+      "big": jax.random.randint(key_big, (num_train_batches, min(big_batch, pool_size)),
+                                0, pool_size)}
+
+
+def _gram_numbers(model: nn.Module, params: Any, grads_NxP: jax.Array, lr: jax.Array,
+                  idx: dict[str, jax.Array], batch: int, separable: bool) -> dict[str, Any]:
+  """Every number `measure` takes from the per-example gradients, as one program.
+
+  With a `separable` loss (no BN) the train-mode noise of each minibatch
+  comes from the same gradients (`noise.separable_minibatch_noise`);
+  otherwise `measure` computes it by backward passes, and it is left out.
+  """
+  size = grads_NxP.shape[0]
+  stats = noise.noise_statistics(grads_NxP, tuple(noise.leaf_sizes(params)))
+  c = stats["C"]
+  layers = noise.layer_sums(model, params, stats["C_P"])
+  numbers = {
+      "finite": forward.all_finite(grads_NxP), "C": c, "grad_sq_norm": stats["grad_sq_norm"],
+      "mean_grad_P": stats["mean_grad_P"],
+      "bound": noise.sgd_noise_bound(lr, c, batch),
+      "expected_without_replacement": noise.expected_noise_without_replacement(lr, c, batch, size),
+      "measured": lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx["without"]).mean(),
+      "measured_with_replacement":
+          lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx["with"]).mean(),
+      "b_simple": stats["b_simple"],
+      "layer_C": [value for _, value in layers],
+  }
+  if separable:
+    k = idx["big"].shape[0]
+    numbers["train_noise"] = tuple(
+        jnp.stack(noise.separable_minibatch_noise(stats, i), axis=1)
+        for i in (idx["without"][:k], idx["with"][:k], idx["big"]))
+  return numbers
+
+
 def measure(config: ml_collections.ConfigDict, programs: Programs, variables: dict[str, Any],
             pool_: tuple[jax.Array, jax.Array], lr: float) -> dict[str, Any]:
-  """Every F2 number of one member (variables) at rate `lr` on the pool (images, labels)."""
+  """Every F2 number of one member (variables) at rate `lr` on the pool (images, labels).
+
+  Returns device arrays, computed asynchronously: fetch them once.
+  """
   a, batch = config.analysis, config.train.batch_size
   images, labels = pool_
   size = labels.shape[0]
+  idx = minibatches(size, batch, a.num_batches, a.num_train_batches, a.big_batch, a.seed)
   fixed = programs.pool_stats(variables, images)
   grads = jnp.concatenate([programs.per_example(fixed, images[i:i + a.chunk],
                                                 labels[i:i + a.chunk])
                            for i in range(0, size, a.chunk)])
   params = variables["params"]
-  stats = programs.statistics(grads, tuple(noise.leaf_sizes(params)))
-  key_without, key_small, key_big = jax.random.split(jax.random.key(a.seed), 3)
-  idx_without = noise.sample_without_replacement(key_without, size, batch, a.num_batches)
-  idx_with = jax.random.randint(key_small, (a.num_batches, batch), 0, size)
-  # Train-mode gradients cost one backward pass each: fewer batches.
-  k, big_batch = a.num_train_batches, min(a.big_batch, size)
-  idx_big = jax.random.randint(key_big, (k, big_batch), 0, size)
-  train_noise = lambda idx: np.asarray([programs.train_noise(variables, images[i], labels[i],
-                                                             stats["mean_grad_P"]) for i in idx])
-  without = train_noise(idx_without[:k])
-  small_sq, big_sq = train_noise(idx_with[:k])[:, 1].mean(), train_noise(idx_big)[:, 1].mean()
-  c = stats["C"]
-  layers = noise.layer_sums(programs.model, params, stats["C_P"])
+  separable = not variables.get("batch_stats")
+  numbers = programs.gram_numbers(params, grads, jnp.float32(lr), idx, batch=batch,
+                                  separable=separable)
+  if separable:
+    without, small, big = numbers.pop("train_noise")
+  else:  # train-mode gradients, one backward pass per minibatch
+    k = a.num_train_batches
+    train_noise = lambda rows: jnp.stack([jnp.stack(programs.train_noise(
+        variables, images[i], labels[i], numbers["mean_grad_P"])) for i in rows])
+    without, small, big = (train_noise(rows) for rows in
+                           (idx["without"][:k], idx["with"][:k], idx["big"]))
+  del numbers["mean_grad_P"]
   return {
-      "finite": forward.all_finite(grads), "C": c, "grad_sq_norm": stats["grad_sq_norm"],
-      "bound": noise.sgd_noise_bound(lr, c, batch),
-      "expected_without_replacement": noise.expected_noise_without_replacement(lr, c, batch, size),
-      "measured": lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_without).mean(),
-      "measured_with_replacement":
-          lr**2 * noise.minibatch_noise(stats["gram_NxN"], idx_with).mean(),
+      **numbers,
       "measured_train_mode": lr**2 * without[:, 0].mean(),
-      "b_simple": stats["b_simple"],
       "b_simple_two_batch_train_mode": noise.two_batch_noise_scale(
-          small_sq, big_sq, batch, big_batch)["b_simple"],
+          small[:, 1].mean(), big[:, 1].mean(), batch, idx["big"].shape[1])["b_simple"],
       # Two lists, not a dict: fetching a dict to the host sorts its keys.
-      "layers": [path for path, _ in layers], "layer_C": [value for _, value in layers],
+      "layers": [path for path, _ in models.ordered_leaves(programs.model, params)],
   }
 
 
@@ -110,9 +165,20 @@ def _record(config, programs: Programs, subject: _members.Subject, pool_, lr: fl
   record = {**subject.identity(), "base_lr": subject.lr, "lr": lr, "diverged": subject.diverged}
   if not subject.diverged:
     record.update(jax.device_get(measure(config, programs, subject.variables, pool_, lr)))
-  logging.info("sgd_noise %s lr=%g: %s", subject.arm, lr,
-               {k: v for k, v in record.items() if k not in ("layers", "layer_C")})
   return record
+
+
+def _summary(record: dict[str, Any]) -> str:
+  """E.g. "norm=batch lr 0.0001 (base 0.01, step 600): C 182, bound 1.14e-07, ..."."""
+  rate = f"lr {record['lr']:.3g}"
+  if record.get("base_lr") not in (None, record["lr"]):
+    rate += f" (base {record['base_lr']:g}, step {record['step']})"
+  if record["diverged"]:
+    return f"{record['arm']} {rate}: diverged, not measured"
+  return (f"{record['arm']} {rate}: C {record['C']:.3g}, bound α²C/|B| {record['bound']:.3g},"
+          f" measured {record['measured']:.3g}, train-mode {record['measured_train_mode']:.3g},"
+          f" B_simple {record['b_simple']:.3g} (two-batch, train mode"
+          f" {record['b_simple_two_batch_train_mode']:.3g})")
 
 
 def _result(config: ml_collections.ConfigDict, arms: dict[str, dict[str, Any]], size: int,
@@ -127,13 +193,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   dataset = _members.load_then_prepare(config, workdir)
   pool_ = pool(config, dataset)
   arms: dict[str, dict[str, Any]] = {}
-  for subject in _members.at_init(config, seeds=(int(config.sweep.seeds[0]),)):
+  subjects = list(_members.at_init(config, seeds=(int(config.sweep.seeds[0]),)))
+  progress = logs.Progress("sgd_noise", len(subjects) * len(config.sweep.lrs))
+  for subject in subjects:
     programs, step_fn = Programs(subject.model), _members.trainer(config, subject.model)
     for lr in config.sweep.lrs:
       trained = _members.trained(config, dataset, subject, float(lr),
                                  config.analysis.train_steps, step_fn)
-      _members.grouped(arms, subject, "members").append(
-          _record(config, programs, trained, pool_, float(lr)))
+      record = _record(config, programs, trained, pool_, float(lr))
+      _members.grouped(arms, subject, "members").append(record)
+      progress.done(_summary(record))
   result = _result(config, arms, len(pool_[1]), config.analysis.train_steps)
   experiments.write(workdir, "sgd_noise", result, figures)
   return result
@@ -145,10 +214,13 @@ def from_checkpoint(run_: checkpoint.Run, config: ml_collections.ConfigDict,
   pool_, factor = pool(config, dataset), float(train.lr_factor(run_.step, config.train))
   arms: dict[str, dict[str, Any]] = {}
   programs: dict[str, Programs] = {}
-  for subject in _members.at_checkpoint(run_, seed):
+  subjects = list(_members.at_checkpoint(run_, seed))
+  progress = logs.Progress("sgd_noise", len(subjects))
+  for subject in subjects:
     programs.setdefault(subject.arm, Programs(subject.model))
-    _members.grouped(arms, subject, "members").append(
-        _record(config, programs[subject.arm], subject, pool_, subject.lr * factor))
+    record = _record(config, programs[subject.arm], subject, pool_, subject.lr * factor)
+    _members.grouped(arms, subject, "members").append(record)
+    progress.done(_summary(record))
   return _result(config, arms, len(pool_[1]), run_.step)
 
 
