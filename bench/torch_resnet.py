@@ -20,7 +20,8 @@ defines them):
 * "none": no normalisation; the convolutions carry a bias.
 * "layer": GroupNorm with one group (eps 1e-5): each example normalised over
   (C, H, W), a scale and shift per channel, as bnjax's LayerNorm.
-* "group": GroupNorm with min(32, C) groups of adjacent channels.
+* "group": GroupNorm of adjacent channels, 32 groups from 64 channels up and
+  groups of 2 channels below (8 and 16 at widths 16 and 32), as bnjax's.
 * "fixup": Fixup (`BasicBlock.fixup_branch`): bias-free convolutions, scalar
   biases (0) and one scalar multiplier (1) per branch, the branch's first
   conv He-normal times L^(-1/2) (L = 3n blocks), its second conv and the
@@ -56,7 +57,7 @@ _BN_STAGES = {"batch_first": (0, 1), "batch_last": (3,), "batch_except_last": (0
 # bnjax.models.resnet.SHORTCUTS and RESIDUAL_ONLY_NORMS (a test keeps them equal).
 SHORTCUTS = ("A", "B", "none")
 RESIDUAL_ONLY_NORMS = ("fixup", "skipinit")
-GROUPS = 32  # Wu & He (2018), as bnjax's "group"
+GROUPS = 32  # Wu & He (2018), as bnjax's "group" (bnjax.models.layers.num_groups)
 EPS = 1e-5
 
 
@@ -123,7 +124,9 @@ class ConvNorm(nn.Module):
     elif norm == "layer":
       self.norm = nn.GroupNorm(1, out_channels, eps=EPS)
     elif norm == "group":
-      self.norm = nn.GroupNorm(min(GROUPS, out_channels), out_channels, eps=EPS)
+      groups = max(g for g in range(1, GROUPS + 1) if out_channels % g == 0
+                   and (g == 1 or out_channels // g >= 2))
+      self.norm = nn.GroupNorm(groups, out_channels, eps=EPS)
     else:
       self.norm = nn.Identity()
 

@@ -121,7 +121,7 @@ def test_each_norm_has_its_normalisation_layers_and_records(norm):
 
 
 def test_layer_norm_normalises_each_example_and_group_norm_groups_of_channels():
-  """LayerNorm over (H, W, C) per example; GroupNorm in 32 groups, or one per channel."""
+  """LayerNorm over (H, W, C) per example; GroupNorm in groups of 2 channels at widths 16-64."""
   x = _images(2)
   for norm in ("layer", "group"):
     model = CifarResNet(depth=8, norm=norm)
@@ -135,14 +135,20 @@ def test_layer_norm_normalises_each_example_and_group_norm_groups_of_channels():
         np.testing.assert_allclose(jnp.var(y, axis=(1, 2, 3)), 1, rtol=1e-3)
         assert float(jnp.max(jnp.abs(jnp.mean(y, axis=(1, 2))))) > 1e-2  # not per channel
     else:
-      # 16 channels, 16 groups: each channel of each example on its own.
-      np.testing.assert_allclose(jnp.mean(stem, axis=(1, 2)), 0, atol=1e-5)
-      np.testing.assert_allclose(jnp.var(stem, axis=(1, 2)), 1, rtol=1e-3)
-      # 64 channels, 32 groups of 2.
-      pairs = stage3.reshape(*stage3.shape[:3], 32, 2)
-      np.testing.assert_allclose(jnp.mean(pairs, axis=(1, 2, 4)), 0, atol=1e-5)
-      np.testing.assert_allclose(jnp.var(pairs, axis=(1, 2, 4)), 1, rtol=1e-3)
-      assert float(jnp.max(jnp.abs(jnp.mean(stage3, axis=(1, 2))))) > 1e-2
+      # 16 channels in 8 groups, 64 in 32: adjacent pairs, never one channel on its own.
+      for y, groups in ((stem, 8), (stage3, 32)):
+        pairs = y.reshape(*y.shape[:3], groups, 2)
+        np.testing.assert_allclose(jnp.mean(pairs, axis=(1, 2, 4)), 0, atol=1e-5)
+        np.testing.assert_allclose(jnp.var(pairs, axis=(1, 2, 4)), 1, rtol=1e-3)
+        assert float(jnp.max(jnp.abs(jnp.mean(y, axis=(1, 2))))) > 1e-2  # not per channel
+
+
+def test_group_norm_keeps_wu_and_he_32_groups_and_never_a_group_of_one_channel():
+  assert [layers.num_groups(c) for c in (16, 32, 64, 128, 256)] == [8, 16, 32, 32, 32]
+  for channels in range(2, 300):
+    groups = layers.num_groups(channels)
+    assert 1 <= groups <= layers.GROUPS and channels % groups == 0, channels
+    assert channels // groups >= 2, channels
 
 
 def test_fixup_parameters_follow_the_paper():

@@ -11,11 +11,16 @@ batch norm (bnjax/models/resnet.py wires them in):
 * "layer": layer norm after every convolution, over (H, W, C) of each example
   with a scale and shift per channel: group norm with one group, as Wu & He
   (2018, arXiv 1803.08494, figure 2) define it for conv nets.
-* "group": group norm after every convolution (Wu & He 2018) with their
-  default of 32 groups, or one group per channel where a layer has fewer than
-  32 channels: at the CIFAR ResNet's widths 16/32/64 that is 1, 1 and 2
-  channels a group, so stages 1 and 2 normalise each channel of each example
-  on its own (instance norm).
+* "group": group norm after every convolution (Wu & He 2018): each example
+  over space and a group of adjacent channels, with a scale and shift per
+  channel. Wu & He use 32 groups; their narrowest ResNet-50 layers (64
+  channels) then hold 2 channels a group, and they find one channel a group
+  (instance norm) clearly worse. Their experiments have no layer narrower
+  than 64 channels (ImageNet, COCO, Kinetics; no CIFAR network), so here a
+  layer gets 32 groups where it has 64 channels or more and C/2 groups of 2
+  channels below that (`num_groups`): at the CIFAR ResNet's widths 16, 32
+  and 64 that is 8, 16 and 32 groups, 2 channels each, and no group is a
+  single channel.
 * "fixup": Fixup (Zhang, Dauphin & Ma 2019, arXiv 1901.09321): no
   normalisation, an initialisation that makes every residual branch start at
   zero, and learned scalar biases and multipliers (`fixup_branch_init`).
@@ -45,8 +50,9 @@ LAYER_NORMS = ("batch", "layer", "group", "none")
 # stages of blocks; "batch_head" has its one BN after pooling instead.
 _BN_STAGES = {"batch_first": (0, 1), "batch_last": (3,), "batch_except_last": (0, 1, 2),
               "batch_head": ()}
-# Wu & He (2018): 32 groups.
+# Wu & He (2018): 32 groups; and at least 2 channels a group (`num_groups`).
 GROUPS = 32
+MIN_CHANNELS_PER_GROUP = 2
 
 INITIALIZERS: dict[str, Callable[..., jax.Array]] = {
     # Glorot & Bengio (2010): U(±sqrt(6 / (fan_in + fan_out))), variance
@@ -84,6 +90,17 @@ def fixup_branch_init(num_blocks: int, layers_per_branch: int = 2) -> Callable[.
                      f" {num_blocks} blocks of {layers_per_branch}.")
   scale = num_blocks ** (-1.0 / (2 * layers_per_branch - 2))
   return nn.initializers.variance_scaling(2.0 * scale**2, "fan_in", "normal")
+
+
+def num_groups(channels: int) -> int:
+  """GroupNorm's group count for a layer of `channels`: the most groups, up to `GROUPS`,
+  that divide the channels evenly with at least `MIN_CHANNELS_PER_GROUP` in each.
+
+  32 from 64 channels up (Wu & He's default), C/2 below (8 and 16 at widths
+  16 and 32), 1 (layer norm over that layer) for a single channel.
+  """
+  most = max(1, min(GROUPS, channels // MIN_CHANNELS_PER_GROUP))
+  return next(g for g in range(most, 0, -1) if channels % g == 0)
 
 
 def check_norm(norm: str) -> None:
@@ -137,7 +154,7 @@ def normalize(norm: str, x: jax.Array, train: bool, dtype: Any, name: str) -> ja
         dtype=dtype, param_dtype=jnp.float32, name=name)(x)
   if norm == "group":
     return nn.GroupNorm(
-        num_groups=min(GROUPS, x.shape[-1]), epsilon=1e-5,
+        num_groups=num_groups(x.shape[-1]), epsilon=1e-5,
         dtype=dtype, param_dtype=jnp.float32, name=name)(x)
   if norm == "none":
     return x
