@@ -7,13 +7,15 @@ Trains norms batch and none at rates 1e-4 and 0.1 with the ordinary loop,
 then measures each norm at its usual rate (0.1 with BN, 1e-4 without;
 `analysis.lr_by_norm`) at every kept checkpoint: the loss range, the range
 of gradient change and the effective β-smoothness along its minibatch
-gradient, η on a fixed log grid (`analysis.eta_low`..`eta_high`).
+gradient, η on Santurkar et al.'s log grid, 0.5 to 4 times the member's
+rate (`analysis.eta_low`..`eta_high`, `eta_unit="lr"`), and β over 3
+smaller steps (from 1e-3 times the rate) reported apart.
 `--config.analysis.rates=all` measures both rates of each norm.
 Both variants keep the paper's schedule (rate x0.1 at 50% and 75% of training).
 Default: ResNet-110, CIFAR-10, batch 128, the paper's 64k steps with its
 warm-up, seed 0, checkpoints at steps 250, 500, 1000 and every 2000.
 `smoke`: a He-normal ResNet-8 on synthetic data, batch 16, 100 steps, a
-checkpoint every 20, η in 1e-4..0.4 (6 points); under a minute on a CPU.
+checkpoint every 20, η in [0.5, 4] x the rate (6 points); about a minute on a CPU.
 """
 
 from bnjax import config as config_lib

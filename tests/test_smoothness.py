@@ -23,7 +23,7 @@ def _tiny(config=None):
   config.checkpoint.keep_steps = (0, 2, 4)
   config.log_every = config.eval_every = 2
   config.eval_batch_size = 16
-  config.analysis.update(eta_low=1e-3, eta_high=0.1, num_etas=3)
+  config.analysis.update(num_etas=3, small_num_etas=2)  # η in [0.5, 4] x the rate
   config_lib.validate(config)
   return config
 
@@ -58,37 +58,60 @@ def test_every_kept_checkpoint_is_measured_each_norm_at_its_usual_rate(job):
     for key in smoothness.PER_STEP:
       assert len(s[key]) == 3, key
     assert all(np.shape(row) == (3,) for row in s["loss_SxE"])
-  assert result["diverged"] == [] and len(result["etas"]) == 3
+    assert all(np.shape(row) == (2,) for row in s["small_beta_SxE"])
+  assert result["diverged"] == []
   assert os.path.getsize(os.path.join(workdir, "figures", "smoothness.png")) > 10_000
 
 
-def test_each_step_equals_the_divergence_measurement_of_that_checkpoint(job):
+def test_the_grid_is_santurkars_range_of_each_rate_and_named_in_the_json(job):
+  """η in [0.5, 4] x the member's rate (their figure 4: a VGG at 0.1 stepped up to 0.4 g);
+  the smaller steps lie below it and are reported apart."""
+  _, _, result = job
+  assert result["eta_range"]["unit"] == "lr"
+  assert (result["eta_range"]["low"], result["eta_range"]["high"]) == (0.5, 4.0)
+  assert "Santurkar" in result["eta_range"]["source"]
+  assert result["small_step_range"] == {"unit": "lr", "low": 1e-3, "high": 0.5, "num": 2}
+  for (_, lr), s in _series(result).items():
+    np.testing.assert_allclose(s["etas"], np.geomspace(0.5 * lr, 4 * lr, 3), rtol=1e-6)
+    np.testing.assert_allclose(s["small_etas"], np.geomspace(1e-3 * lr, 0.5 * lr, 3)[:2],
+                               rtol=1e-6)
+  config = load_config("smoothness")
+  etas, small = smoothness.step_grids(config, 0.1)
+  np.testing.assert_allclose([etas[0], etas[-1], small[0]], [0.05, 0.4, 1e-4], rtol=1e-6)
+  assert len(etas) == 8 and len(small) == 3 and small.max() < etas.min()
+
+
+def test_each_step_equals_the_divergence_measurement_on_its_grid_small_steps_apart(job):
+  """The range's numbers are those of `divergence.measure` on the series' grid alone; the
+  β of the smaller steps never enters beta_smoothness."""
   config, workdir, result = job
   dataset = data.load(config.data)
   series = _series(result)
   for i, step in enumerate(result["steps"]):
-    lines = divergence.from_checkpoint(checkpoint.load(workdir, step), config, dataset)
-    for arm in lines["arms"]:
-      for line in arm["lines"]:
-        if (line["arm"], line["lr"]) not in series:
-          continue
-        s = series[(line["arm"], line["lr"])]
-        assert s["member"] == line["member"] and line["minibatch"] == step + 1
-        loss_E = np.asarray(line["loss_E"], float)
-        change_E = np.asarray(line["grad_change_E"], float)
-        np.testing.assert_allclose(s["loss_SxE"][i], loss_E, rtol=1e-6)
-        np.testing.assert_allclose(s["grad_change_SxE"][i], change_E, rtol=1e-6)
-        np.testing.assert_allclose(
-            [s["loss"][i], s["loss_min"][i], s["loss_max"][i], s["grad_change_min"][i],
-             s["grad_change_max"][i], s["beta_smoothness"][i]],
-            [line["loss"], loss_E.min(), loss_E.max(), change_E.min(), change_E.max(),
-             line["beta_smoothness"]], rtol=1e-6)
+    for subject in _members.at_checkpoint(checkpoint.load(workdir, step)):
+      if (subject.arm, subject.lr) not in series:
+        continue
+      s = series[(subject.arm, subject.lr)]
+      batch = _members.train_batch(config, dataset, step, seed=subject.seed)
+      line = divergence.measure(config, subject, *batch, s["etas"])
+      small = divergence.measure(config, subject, *batch, s["small_etas"])
+      loss_E = np.asarray(line["loss_E"], float)
+      change_E = np.asarray(line["grad_change_E"], float)
+      np.testing.assert_allclose(s["loss_SxE"][i], loss_E, rtol=1e-5)
+      np.testing.assert_allclose(s["grad_change_SxE"][i], change_E, rtol=1e-5)
+      np.testing.assert_allclose(
+          [s["loss"][i], s["loss_min"][i], s["loss_max"][i], s["grad_change_min"][i],
+           s["grad_change_max"][i], s["beta_smoothness"][i], s["small_beta_smoothness"][i]],
+          [line["loss"], loss_E.min(), loss_E.max(), change_E.min(), change_E.max(),
+           line["beta_smoothness"], small["beta_smoothness"]], rtol=1e-5)
+      np.testing.assert_allclose(s["small_beta_SxE"][i], small["beta_E"], rtol=1e-5)
 
 
 def test_an_overflowing_step_is_counted_as_non_finite_never_as_a_loss(job):
   config, workdir, _ = job
   config = _tiny()
-  config.analysis.update(eta_low=1e-3, eta_high=1e9, num_etas=5)  # 1e-3 ... 1e9
+  config.analysis.update(eta_unit="absolute", eta_low=1e-3, eta_high=1e9, num_etas=5,
+                         small_eta_low=1e-5)  # 1e-3 ... 1e9
   run_ = checkpoint.load(workdir, 4)
   none = next(s for s in _members.at_checkpoint(run_) if s.model_config["norm"] == "none")
   point = smoothness.measure_point(config, none, data.load(config.data))
@@ -144,8 +167,11 @@ def test_analyze_all_steps_draws_smoothness_over_training_and_others_step_by_ste
 @pytest.mark.parametrize("field, value, message", [
     ("rates", "some", "rates='some' is not one of"),
     ("num_etas", 1, "num_etas=1 cannot span a range"),
-    ("eta_low", 0.0, "eta_low=0.0 and eta_high=0.4 are no η range"),
-    ("eta_high", 1e-5, "eta_low=0.0001 and eta_high=1e-05 are no η range"),
+    ("eta_low", 0.0, "eta_low=0.0 and eta_high=4.0 are no η range"),
+    ("eta_high", 0.1, "eta_low=0.5 and eta_high=0.1 are no η range"),
+    ("eta_unit", "steps", "eta_unit='steps' is not one of"),
+    ("small_num_etas", -1, "small_num_etas=-1 is not a count"),
+    ("small_eta_low", 0.5, "small_eta_low=0.5 does not lie below eta_low=0.5"),
 ])
 def test_bad_analysis_settings_are_refused_before_the_workdir_is_touched(tmp_path, field, value,
                                                                          message):

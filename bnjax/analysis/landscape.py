@@ -12,6 +12,14 @@ step size η is θ' = θ − η·g. Along that line this module measures
 * effective β-smoothness (Santurkar et al.): max over η of
   ‖∇L(θ') − g‖ / ‖η·g‖.
 
+Effective β-smoothness is a property of the grid as well as of the network:
+a ReLU network's gradient jumps where a step crosses a ReLU's kink, by an
+amount that does not shrink with η, so at small steps (below about 1e-4)
+‖∇L(θ') − g‖ / ‖η·g‖ grows as η falls and a grid reaching down there has
+its maximum at its smallest step. Santurkar et al. step from 0.5 to 4 times
+the learning rate; `bnjax.experiments.smoothness` uses that range and
+reports smaller steps apart.
+
 BN mode: every loss and gradient is taken in train mode, i.e. batch norm
 normalises with the statistics of the same minibatch, recomputed at each θ'.
 That is the function the optimizer descends; the running averages are

@@ -89,14 +89,18 @@ _jit_line = jax.jit(landscape.along_gradient, static_argnums=(0, 4, 5))
 
 
 def measure(config: ml_collections.ConfigDict, subject: _members.Subject, images: jax.Array,
-            labels: jax.Array) -> dict[str, Any]:
-  """One line: the subject's landscape along the gradient of this minibatch."""
+            labels: jax.Array, etas_E: Sequence[float] | None = None) -> dict[str, Any]:
+  """One line: the subject's landscape along the gradient of this minibatch.
+
+  On `etas_E`, or by default the config's grid (`etas`).
+  """
   a = config.analysis
+  etas_E = etas(config) if etas_E is None else tuple(float(e) for e in etas_E)
   if jax.default_backend() == "cpu":
-    found = along_gradient_host(subject.model, subject.variables, images, labels, etas(config),
+    found = along_gradient_host(subject.model, subject.variables, images, labels, etas_E,
                                 a.threshold)
   else:
-    found = _jit_line(subject.model, subject.variables, images, labels, etas(config), a.threshold)
+    found = _jit_line(subject.model, subject.variables, images, labels, etas_E, a.threshold)
   return {**subject.identity(), "minibatch": subject.step + 1, **jax.device_get(found)}
 
 
