@@ -1,20 +1,34 @@
-"""The `reproduce` job: the paper's numbers at the paper's size, measured and judged.
+"""The `reproduce` job: the paper's numbers at the paper's size, over seeds and inputs, judged.
 
     python -m bnjax.main --config=configs/reproduce.py --workdir=DIR
 
-For ResNet-110 with and without BN (seed `sweep.seeds[0]`) it measures, at
-initialisation on training batch 0 (`analysis.batch_size`, 128 as in the
-paper): F3's layer-55 weight gradients, F4's relative loss along the
-gradient, F5's channel variances along a diverging SGD step, F6's channel
-moments, F7's output gradients and F2's SGD noise against its bound; F8's
-random matrix products; and F1's first `analysis.train_steps` SGD steps at
-each of the paper's rates (batch `analysis.train_batch_size`, constant
-rate), measuring F4 again before minibatches 4 and 7 of the members at the
-paper's F4 rates. Each number is set against the paper's reading
-(`bnjax.paper`) with a verdict. The no-BN network is also measured with
-every initialiser of `analysis.compare_initializers`, the evidence for
-the default initialiser. Outputs: DIR/analysis/reproduction.json and
-DIR/reproduction.md.
+For ResNet-110 with and without BN it measures, at initialisation, every
+seed of `sweep.seeds` on training batch 0 (`analysis.batch_size`, 128 as in
+the paper): F3's layer-55 weight gradients, F5's channel variances after
+the step −`analysis.update_lr`·g (no BN), F6's channel moments, F7's output
+gradients and F2's SGD noise against its bound, and F4's relative loss
+along the gradient for the first `analysis.line_seeds` seeds. F3, F5, F6
+and F7 are measured again on each stand-in input of `analysis.inputs`
+(`bnjax.inputs`: i.i.d. N(0, 1) and Gaussian 1/f² images), with the labels
+of the same batch. Then F8's random matrix products; for the first seed,
+F1's first `analysis.train_steps` SGD steps at each of the paper's rates
+(batch `analysis.train_batch_size`, constant rate), measuring F4 again
+before minibatches 4 and 7 of the members at the paper's F4 rates; and the
+no-BN network under every initialiser of `analysis.compare_initializers`,
+the evidence for the default initialiser.
+
+Every reading is a list of members, one per seed; `bnjax.paper.judge` turns
+it into the median and [min, max], the verdict from the median and whether
+the whole range lies inside, outside or across the band. Outputs:
+DIR/analysis/reproduction.json and DIR/reproduction.md (written by
+`bnjax.experiments._reproduction_report`).
+
+Cost: each program is compiled once per (model, batch shape), with the
+variables and the batch as traced arguments, so every seed, input and
+initialiser reuses it. Seeds run one after another, not vmapped: on a CPU a
+vmapped convolution becomes a grouped one, several times slower than the
+members one by one (README, "Executors"). Each arm's at-initialisation
+numbers come to the host in one transfer.
 
 Data: CIFAR-10 when prepared; otherwise, with `analysis.fallback_to_synthetic`,
 the synthetic data (the report says which).
@@ -34,13 +48,20 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bnjax import data, distributed, files, forward, paper, sweep, train
+from bnjax import data, distributed, errors, files, forward, inputs, paper, sweep, train
 from bnjax import workdir as workdir_lib
 from bnjax.analysis import activations as act, common, gradients as grad, landscape, noise
 from bnjax.analysis import random_matrix as rm
-from bnjax.models import make_model
+from bnjax.experiments import _reproduction_claims as claims
+from bnjax.experiments._reproduction_claims import DATA_INPUT, F3_LAYER, F5_NORMS, paper_layer
+from bnjax.experiments import _reproduction_report as report
+from bnjax.models import layers, make_model
 
 Numbers = dict[str, Any]
+Batch = tuple[jax.Array, jax.Array]
+
+# The measured input first, then the stand-ins of `bnjax.inputs`.
+INPUTS = (DATA_INPUT, *inputs.STAND_INS)
 
 
 # ---------------------------------------------------------------- compiled pieces
@@ -65,19 +86,40 @@ def probe(model, variables: common.Variables, images_BxHxWxC: jax.Array,
       "log10_abs_mean_L": jnp.stack([jnp.mean(log10(jnp.abs(m["mean_C"]))) for m in moments]),
       "log10_std_L": jnp.stack([jnp.mean(0.5 * log10(m["var_C"])) for m in moments]),
       "log10_max_var_L": jnp.stack([log10(jnp.max(m["var_C"])) for m in moments]),
+      "output_grad_BxK": jnp.where(finite, jax.grad(train.cross_entropy)(outputs[-1], labels_B),
+                                   jnp.nan),
   }
 
 
-def gradient(model, variables: common.Variables, images_BxHxWxC: jax.Array,
-             labels_B: jax.Array) -> Numbers:
-  """The train-mode loss, ∂L/∂θ and ∂L/∂logits (B, K) of a batch; NaN on overflow."""
-  loss, grads = common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)
-  return {"loss": loss, "grads": grads,
-          "output_grad_BxK": grad.output_gradient(model, variables, images_BxHxWxC, labels_B)}
+def layer_gradient(model, variables: common.Variables, images_BxHxWxC: jax.Array,
+                   labels_B: jax.Array, layer: int) -> jax.Array:
+  """Conv layer `layer`'s kernel gradient of the train-mode loss; all NaN on overflow.
+
+  Only this kernel's gradient leaves the program, so XLA computes no other
+  weight gradient: on a 2-core CPU at batch 128 that took a ResNet-110 from
+  about 14 forward passes' time (the whole gradient) to about 1.3.
+  """
+  def loss_fn(params):
+    logits, _, finite = forward.apply(model, {**variables, "params": params}, images_BxHxWxC,
+                                      train=True, mutable=["batch_stats"])
+    return train.cross_entropy(logits, labels_B), finite
+  grads, finite = jax.grad(loss_fn, has_aux=True)(variables["params"])
+  values = common.conv_kernels(grads, model)[layer - 1][1]
+  return jnp.where(finite & jnp.all(jnp.isfinite(values)), values, jnp.nan)
+
+
+def readings(model, variables: common.Variables, images_BxHxWxC: jax.Array,
+             labels_B: jax.Array, layer: int) -> Numbers:
+  """F3, F6, F7 and the loss of one member on one batch: `probe` plus layer `layer`'s gradient."""
+  probed = probe(model, variables, images_BxHxWxC, labels_B)
+  values = layer_gradient(model, variables, images_BxHxWxC, labels_B, layer)
+  independence = grad.input_independence(probed.pop("output_grad_BxK"))
+  return {**probed, "max_abs_grad": jnp.max(jnp.abs(values)), "grad_std": jnp.std(values),
+          "same_class_share": independence["same_class_share"]}
 
 
 class Programs:
-  """One arm's jitted probe, gradient and train step, each compiled once per shape.
+  """One arm's jitted programs, each compiled once per shape and reused for every seed.
 
   The model's initialiser plays no part in `apply`, so these also measure
   variables drawn with another initialiser.
@@ -87,14 +129,34 @@ class Programs:
     self.model = model
     self.tx = train.make_optimizer(config.train.momentum, config.train.weight_decay)
     constant = {**config.train.to_dict(), "lr_boundaries": (), "warmup_steps": 0}
+    layer = paper_layer(F3_LAYER, model.depth)
+    self.readings = jax.jit(functools.partial(readings, model, layer=layer))
     self.probe = jax.jit(functools.partial(probe, model))
-    self.gradient = jax.jit(functools.partial(gradient, model))
+    self.gradient = jax.jit(functools.partial(common.loss_and_grad, model))
     self.step = jax.jit(functools.partial(train.member_step, model, self.tx, constant))
+    self.pool_statistics = jax.jit(functools.partial(noise.pool_statistics, model))
+    self.per_example = jax.jit(lambda v, x, y: noise.per_example_grads(
+        noise.separable_loss(model, v), v["params"], x, y))
+    self.grad_chunk = config.analysis.grad_chunk
+    self.batch_statistics = bool(jax.tree.leaves(train.abstract_variables(model)["batch_stats"]))
 
+  def full_gradient(self, variables: common.Variables, images_BxHxWxC: jax.Array,
+                    labels_B: jax.Array) -> tuple[jax.Array, Any]:
+    """(L, ∂L/∂θ) of the batch-mean train-mode loss, as `common.loss_and_grad`.
 
-def paper_layer(layer: int, depth: int) -> int:
-  """The weight layer of a depth-`depth` ResNet at the relative depth of ResNet-110's `layer`."""
-  return max(1, min(depth, round(layer * depth / 110)))
+    Without batch statistics the examples do not interact, so the batch is
+    taken in chunks of `grad_chunk` and their losses and gradients averaged:
+    the same numbers up to float rounding, and on a 2-core CPU a ResNet-110
+    gradient at batch 128 took about 1.6x the CPU time of four at 32. With
+    BN the batch's statistics couple the examples: the batch is taken whole.
+    """
+    batch, chunk = labels_B.shape[0], self.grad_chunk
+    if self.batch_statistics or chunk >= batch or batch % chunk:
+      return self.gradient(variables, images_BxHxWxC, labels_B)
+    parts = [self.gradient(variables, images_BxHxWxC[i:i + chunk], labels_B[i:i + chunk])
+             for i in range(0, batch, chunk)]
+    mean = lambda *xs: sum(xs) / len(xs)
+    return mean(*(loss for loss, _ in parts)), jax.tree.map(mean, *(g for _, g in parts))
 
 
 def _moved(variables: common.Variables, direction: Any, scale: float) -> common.Variables:
@@ -106,59 +168,85 @@ def _moved(variables: common.Variables, direction: Any, scale: float) -> common.
 # ---------------------------------------------------------------- measurements
 
 
-def relative_loss_line(programs: Programs, variables: common.Variables, grads: Any,
-                       batch: tuple[jax.Array, jax.Array], etas: np.ndarray,
-                       loss: float) -> Numbers:
-  """F4: L(θ − ηg)/L(θ) for each η, and the first η past the paper's 1e3."""
-  losses = [float(programs.probe(_moved(variables, grads, -eta), *batch)["loss"]) for eta in etas]
-  relative = np.asarray(losses) / loss
+def line_losses(programs: Programs, variables: common.Variables, grads: Any, batch: Batch,
+                etas: np.ndarray) -> jax.Array:
+  """(E,) L(θ − ηg) on `batch` for each η, left on the device."""
+  return jnp.stack([programs.probe(_moved(variables, grads, -eta), *batch)["loss"]
+                    for eta in etas])
+
+
+def relative_line(loss: float, losses_E: np.ndarray, etas: np.ndarray) -> Numbers:
+  """F4: L(θ − ηg)/L(θ) for each η, and the first η past the paper's 1e3 (inf if none)."""
+  relative = np.asarray(losses_E, np.float64) / loss
   divergent = ~(relative <= landscape.DIVERGENCE_THRESHOLD)
   first = float(etas[np.argmax(divergent)]) if divergent.any() else math.inf
   return {"eta": etas, "relative_loss": relative, "first_divergent_eta": first}
 
 
-def at_initialisation(programs: Programs, variables: common.Variables,
-                      batch: tuple[jax.Array, jax.Array], cfg: ml_collections.ConfigDict
-                      ) -> Numbers:
-  """F3, F4 (minibatch 1), F5, F6 and F7 of one member at initialisation."""
-  probed = jax.device_get(programs.probe(variables, *batch))
-  g = programs.gradient(variables, *batch)
-  kernels = common.conv_kernels(g["grads"], programs.model)
-  layer_values = np.asarray(kernels[paper_layer(55, programs.model.depth) - 1][1])
-  out = {"loss": float(probed["loss"]), "gradient_loss": float(g["loss"]),
-         "finite": bool(probed["finite"]) and bool(np.isfinite(g["loss"])),
-         "log10_abs_mean_L": probed["log10_abs_mean_L"], "log10_std_L": probed["log10_std_L"],
-         "max_abs_grad": float(np.max(np.abs(layer_values))),
-         "grad_std": float(np.std(layer_values)),
-         "same_class_share": float(
-             grad.input_independence(g["output_grad_BxK"])["same_class_share"])}
-  if out["finite"]:
-    out["line"] = relative_loss_line(programs, variables, g["grads"], batch, _etas(cfg),
-                                     out["loss"])
-    step = jax.tree.map(lambda d: -cfg.update_lr * d, g["grads"])
-    out["update_log10_max_var"] = {
-        s: jax.device_get(programs.probe(_moved(variables, step, s), *batch)["log10_max_var_L"])
-        for s in cfg.update_fractions}
-  return out
+def seed_at_init(programs: Programs, variables: common.Variables, batches: dict[str, Batch],
+                 cfg: ml_collections.ConfigDict, with_line: bool) -> Numbers:
+  """One seed at initialisation on every input, as device arrays (nothing is fetched).
+
+  Per input: `readings`; for the F5 norms, also log10 of each layer's
+  largest channel variance after the step −update_lr·g on that input. With
+  `with_line`, F4's losses along −g on the data batch.
+  """
+  found: Numbers = {name: programs.readings(variables, *batch) for name, batch in batches.items()}
+  for name, batch in batches.items():
+    moved = programs.model.norm in F5_NORMS
+    line = with_line and name == DATA_INPUT
+    if not (moved or line):
+      continue
+    loss, g = programs.full_gradient(variables, *batch)
+    if moved:
+      found[name]["update_log10_max_var_L"] = programs.probe(
+          _moved(variables, g, -cfg.update_lr), *batch)["log10_max_var_L"]
+    if line:
+      found["line"] = {"loss": loss, "losses_E": line_losses(programs, variables, g, batch,
+                                                               _etas(cfg))}
+  return found
 
 
 def _etas(cfg: ml_collections.ConfigDict) -> np.ndarray:
   return landscape.log_grid(cfg.eta_low, cfg.eta_high, cfg.num_etas)
 
 
+def sgd_noise(programs: Programs, variables: common.Variables, pool: Batch,
+              cfg: ml_collections.ConfigDict) -> Numbers:
+  """F2 at initialisation: C, and the measured noise of |B|-minibatches over α²C/|B| (device).
+
+  Per-example gradients with the pool's BN statistics held fixed (see
+  `bnjax.analysis.noise`); minibatches drawn without replacement, for which
+  the expected ratio is (N − |B|)/(N − 1). The ratio does not depend on α.
+  """
+  images, labels = pool
+  fixed = programs.pool_statistics(variables, images)
+  grads_NxP = jnp.concatenate([programs.per_example(fixed, images[i:i + cfg.noise_chunk],
+                                                    labels[i:i + cfg.noise_chunk])
+                               for i in range(0, labels.shape[0], cfg.noise_chunk)])
+  stats = noise.noise_statistics(grads_NxP, tuple(noise.leaf_sizes(variables["params"])))
+  idx = noise.sample_without_replacement(jax.random.key(0), labels.shape[0],
+                                         cfg.noise_batch_size, cfg.noise_num_batches)
+  measured = noise.minibatch_noise(stats["gram_NxN"], idx).mean()
+  bound = noise.sgd_noise_bound(1.0, stats["C"], cfg.noise_batch_size)
+  return {"C": stats["C"], "noise_over_bound": measured / bound}
+
+
 def first_steps(programs: Programs, config: ml_collections.ConfigDict, dataset: data.Dataset,
-                variables: common.Variables, lr: float, probe_batch: tuple[jax.Array, jax.Array],
+                variables: common.Variables, lr: float, probe_batch: Batch,
                 line_at: tuple[int, ...] = ()) -> Numbers:
-  """F1's start: `train_steps` SGD steps at constant rate `lr`.
+  """F1's start: up to `train_steps` SGD steps at constant rate `lr`.
 
   A rate of `warmup_from_lr` or more runs at `warmup_factor` times itself:
   He et al. (2016) warm ResNet-110 up at 0.01 for its first 400 steps
   before going to 0.1, and these are those steps.
 
-  From `variables`, the member at initialisation. Before the updates of the minibatches in `line_at`
-  (1-based), F4's line is measured on that minibatch. The probe loss (train
-  mode, on `probe_batch`) is taken before and after; a member trains when
-  it never diverged and its probe loss fell.
+  From `variables`, the member at initialisation. Before the updates of the
+  minibatches in `line_at` (1-based), F4's line is measured on that
+  minibatch. The probe loss (train mode, on `probe_batch`) is taken before
+  and after; a member trains when it never diverged and its probe loss
+  fell. A member that diverges is frozen by the step, so the steps stop
+  there: `train_loss` has one entry per step taken.
   """
   cfg = config.analysis
   rate = lr * (cfg.warmup_factor if lr >= cfg.warmup_from_lr else 1.0)
@@ -168,14 +256,16 @@ def first_steps(programs: Programs, config: ml_collections.ConfigDict, dataset: 
   for step in range(cfg.train_steps):
     batch = data.train_batch(dataset, config.train.data_seed, step, cfg.train_batch_size,
                              config.data.augmentation)
-    if step + 1 in line_at and not bool(state.diverged):
+    if step + 1 in line_at:
       at = train.model_variables(state)
-      g = programs.gradient(at, *batch)
-      if np.isfinite(g["loss"]):
-        lines[step + 1] = relative_loss_line(programs, at, g["grads"], batch, _etas(cfg),
-                                             float(g["loss"]))
+      loss, g = programs.gradient(at, *batch)
+      losses_E = jax.device_get(line_losses(programs, at, g, batch, _etas(cfg)))
+      if np.isfinite(loss):
+        lines[step + 1] = relative_line(float(loss), losses_E, _etas(cfg))
     state, metrics = programs.step(state, *batch, jnp.asarray(step, jnp.int32))
     losses.append(float(metrics["train_loss"]))
+    if bool(state.diverged):
+      break
   end = float(programs.probe(train.model_variables(state), *probe_batch)["loss"])
   diverged = bool(state.diverged)
   return {"lr": lr, "rate": rate, "probe_loss_start": start, "probe_loss_end": end,
@@ -184,31 +274,57 @@ def first_steps(programs: Programs, config: ml_collections.ConfigDict, dataset: 
           "trains": (not diverged) and end < start, "lines": lines}
 
 
-def sgd_noise(programs: Programs, variables: common.Variables,
-              pool: tuple[jax.Array, jax.Array], cfg: ml_collections.ConfigDict) -> Numbers:
-  """F2 at initialisation: C, and the measured noise of |B|-minibatches over α²C/|B|.
-
-  Per-example gradients with the pool's BN statistics held fixed (see
-  `bnjax.analysis.noise`); minibatches drawn without replacement, for which
-  the expected ratio is (N − |B|)/(N − 1). The ratio does not depend on α.
-  """
-  images, labels = pool
-  fixed = jax.jit(functools.partial(noise.pool_statistics, programs.model))(variables, images)
-  per_example = jax.jit(lambda v, x, y: noise.per_example_grads(
-      noise.separable_loss(programs.model, v), v["params"], x, y))
-  grads_NxP = jnp.concatenate([per_example(fixed, images[i:i + cfg.noise_chunk],
-                                           labels[i:i + cfg.noise_chunk])
-                               for i in range(0, labels.shape[0], cfg.noise_chunk)])
-  stats = noise.noise_statistics(grads_NxP, tuple(noise.leaf_sizes(variables["params"])))
-  idx = noise.sample_without_replacement(jax.random.key(0), labels.shape[0],
-                                         cfg.noise_batch_size, cfg.noise_num_batches)
-  measured = float(noise.minibatch_noise(stats["gram_NxN"], idx).mean())
-  bound = float(noise.sgd_noise_bound(1.0, stats["C"], cfg.noise_batch_size))
-  return {"C": float(stats["C"]), "noise_over_bound": measured / bound,
-          "expected_ratio": (labels.shape[0] - cfg.noise_batch_size) / (labels.shape[0] - 1)}
-
-
 # ---------------------------------------------------------------- the job
+
+_POSITIVE_INTS = ("batch_size", "train_batch_size", "train_steps", "num_etas", "noise_pool_size",
+                  "noise_num_batches", "noise_chunk", "matrix_size", "trials", "line_seeds",
+                  "grad_chunk")
+_POSITIVE_NUMBERS = ("eta_low", "eta_high", "update_lr", "warmup_from_lr", "warmup_factor")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError with one sentence for the first bad `config.analysis` value."""
+  a = config.analysis
+  def refuse(condition: bool, message: str) -> None:
+    if not condition:
+      raise errors.ConfigError(message)
+  for field in _POSITIVE_INTS:
+    value = a[field]
+    refuse(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+           f"config.analysis.{field}={value!r} is not a positive integer; give one >= 1.")
+  for field in _POSITIVE_NUMBERS:
+    value = a[field]
+    refuse(isinstance(value, (int, float)) and not isinstance(value, bool)
+           and math.isfinite(value) and value > 0,
+           f"config.analysis.{field}={value!r} is not a positive number; give a finite one > 0.")
+  refuse(a.eta_low < a.eta_high, f"config.analysis.eta_low={a.eta_low!r} is not below"
+                                 f" eta_high={a.eta_high!r}; give 0 < eta_low < eta_high.")
+  refuse(a.line_seeds <= len(config.sweep.seeds),
+         f"config.analysis.line_seeds={a.line_seeds} exceeds the {len(config.sweep.seeds)}"
+         " seeds of config.sweep.seeds; give at most that many.")
+  names = tuple(a.inputs)
+  refuse(len(names) > 0 and names[0] == DATA_INPUT and set(names) <= set(INPUTS)
+         and len(set(names)) == len(names),
+         f"config.analysis.inputs={names!r} must start with {DATA_INPUT!r} (the readings the"
+         f" verdicts use) and list each of {list(INPUTS)} at most once.")
+  refuse(2 <= a.noise_batch_size < a.noise_pool_size,
+         f"config.analysis.noise_batch_size={a.noise_batch_size!r} must lie between 2 and"
+         f" noise_pool_size - 1 ({a.noise_pool_size - 1}) for minibatches without replacement.")
+  refuse(len(tuple(a.ks)) > 0 and all(isinstance(k, int) and k >= 1 for k in a.ks),
+         f"config.analysis.ks={tuple(a.ks)!r} must list the number of matrices of each product,"
+         " integers >= 1.")
+  unknown = [n for n in a.compare_initializers if n not in layers.INITIALIZERS]
+  refuse(not unknown, f"config.analysis.compare_initializers names unknown initialisers"
+                      f" {unknown}; use names from {sorted(layers.INITIALIZERS)}.")
+  norms = [arm.model_config["norm"] for arm in sweep.make_arms(config)]
+  refuse(set(norms) == {"batch", "none"},
+         f"The reproduction compares BN with no BN, but config.sweep.arms.norm gives {norms};"
+         " set it to ('batch', 'none').")
+  for norm in norms:
+    rate = a.lr_by_norm.get(norm)
+    refuse(isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0,
+           f"config.analysis.lr_by_norm.{norm}={rate!r} is not a positive rate; give the"
+           f" paper's F4 rate (0.1 with BN, 1e-4 without).")
 
 
 def _load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, str]:
@@ -221,6 +337,22 @@ def _load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, str]:
     logging.warning("%s Measuring on the synthetic data instead.", e)
     synthetic = {**config.data.to_dict(), "name": "synthetic"}
     return data.load(synthetic), "synthetic (CIFAR-10 was not prepared)"
+
+
+def input_batches(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Batch]:
+  """{input name: (images, labels)}: training batch 0, and each stand-in with its labels.
+
+  A stand-in is drawn from `train.data_seed` (folded with its position), so
+  every seed of the model sees the same images, as it sees the same data.
+  """
+  cfg = config.analysis
+  images, labels = data.train_batch(dataset, config.train.data_seed, 0, cfg.batch_size,
+                                    config.data.augmentation)
+  key = jax.random.key(config.train.data_seed)
+  batches = {DATA_INPUT: (images, labels)}
+  for i, name in enumerate(cfg.inputs[1:], start=1):
+    batches[name] = (inputs.stand_in(name, jax.random.fold_in(key, i), cfg.batch_size), labels)
+  return batches
 
 
 class _Clock:
@@ -239,121 +371,123 @@ class _Clock:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Numbers:
   """Measures everything, judges it against `paper.CLAIMS`, writes the JSON and Markdown."""
+  check(config)
   clock = _Clock()
   dataset, data_name = _load_data(config)
   workdir_lib.prepare(workdir, config)
   cfg = config.analysis
-  batch = data.train_batch(dataset, config.train.data_seed, 0, cfg.batch_size,
-                           config.data.augmentation)
+  batches = input_batches(config, dataset)
   pool = (data.normalize(dataset.train.images_Nx32x32x3[:cfg.noise_pool_size], dataset),
           dataset.train.labels_N[:cfg.noise_pool_size])
   arms = {}
   for arm in sweep.make_arms(config):
     norm = arm.model_config["norm"]
     programs = Programs(sweep.build_model(arm, config), config)
-    arms[norm] = clock.time(f"{norm}: measurements", functools.partial(
-        _measure_arm, programs, config, dataset, batch, pool))
+    arms[norm] = clock.time(f"{norm}: at initialisation", functools.partial(
+        measure_at_init, programs, config, batches, pool))
+    arms[norm]["first_steps"] = clock.time(f"{norm}: first steps", functools.partial(
+        measure_first_steps, programs, config, dataset, batches[DATA_INPUT]))
     if norm == "none":
       arms[norm]["initializers"] = clock.time("no BN: initialisers", functools.partial(
-          _compare_initializers, programs, arm, config, dataset, batch))
+          compare_initializers, programs, arm, config, dataset, batches[DATA_INPUT],
+          arms[norm]))
   spectra = clock.time("random matrices", lambda: jax.device_get(rm.product_spectra(
       jax.random.key(0), cfg.matrix_size, tuple(cfg.ks), cfg.trials)))
-  measured = {**_claim_values(arms, config),
-              **{f"f8_max_singular/{k[1:]}": float(np.max(v)) for k, v in spectra.items()}}
-  rows = [{**vars(c), "measured": measured.get(c.key),
-           "verdict": paper.verdict(c, measured.get(c.key))} for c in paper.CLAIMS]
+  f8 = {f"f8_max_singular/{k[1:]}": [float(np.max(v))] for k, v in spectra.items()}
+  by_input = {name: claims.members(arms, config, name) for name in cfg.inputs}
+  members = {**by_input[DATA_INPUT], **f8}
   result = {"data": data_name, "device": _device(), "seconds": clock.sections,
             "total_seconds": time.perf_counter() - clock.start, "settings": _settings(config),
-            "rows": rows, "arms": arms}
+            "rows": [paper.judge(c, members.get(c.key, [])) for c in paper.CLAIMS],
+            "inputs": {name: [paper.judge(c, found[c.key]) for c in paper.CLAIMS
+                              if c.figure in report.INPUT_FIGURES and c.key in found]
+                       for name, found in by_input.items()},
+            "arms": arms}
   if distributed.is_writer():
     workdir_lib.write_analysis(workdir, "reproduction", result)
     with files.replaced(os.path.join(workdir, "reproduction.md")) as f:
-      f.write(markdown(result))
+      f.write(report.markdown(result))
   return result
 
 
-def _measure_arm(programs: Programs, config: ml_collections.ConfigDict, dataset: data.Dataset,
-                 batch: tuple, pool: tuple) -> Numbers:
-  """Everything of one arm: at initialisation, F2, and F1's first steps at every rate."""
+def measure_at_init(programs: Programs, config: ml_collections.ConfigDict,
+                    batches: dict[str, Batch], pool: Batch) -> Numbers:
+  """Every seed of the arm at initialisation on every input, and F2; fetched in one transfer.
+
+  Returns {seeds, init: {input: {reading: [one entry per seed]}}, lines:
+  [{seed, eta, relative_loss, first_divergent_eta}] for the first
+  `line_seeds` seeds, noise: {C, noise_over_bound: [per seed]}}.
+  """
+  cfg, seeds = config.analysis, [int(s) for s in config.sweep.seeds]
+  pending = []
+  for i, seed in enumerate(seeds):
+    variables = train.init_variables(programs.model, seed)
+    pending.append({**seed_at_init(programs, variables, batches, cfg, i < cfg.line_seeds),
+                    "noise": sgd_noise(programs, variables, pool, cfg)})
+  fetched = jax.device_get(pending)
+  per_seed = lambda get: [get(f) for f in fetched]
+  init = {name: {key: per_seed(lambda f: _plain(f[name][key])) for key in fetched[0][name]}
+          for name in batches}
+  lines = [{"seed": seed, **relative_line(float(f["line"]["loss"]), f["line"]["losses_E"],
+                                          _etas(cfg))}
+           for seed, f in zip(seeds, fetched) if "line" in f]
+  noise_found = {key: per_seed(lambda f: float(f["noise"][key])) for key in fetched[0]["noise"]}
+  return {"seeds": seeds, "init": init, "lines": lines, "noise": noise_found}
+
+
+def _plain(value: Any) -> Any:
+  """A fetched number or array as a Python float or list (for the JSON and the judging)."""
+  value = np.asarray(value)
+  return value.item() if value.ndim == 0 else value.tolist()
+
+
+def measure_first_steps(programs: Programs, config: ml_collections.ConfigDict,
+                        dataset: data.Dataset, batch: Batch) -> list[Numbers]:
+  """F1's first steps of the first seed at every rate, F4's later lines at the arm's F4 rate."""
   cfg = config.analysis
   variables = train.init_variables(programs.model, int(config.sweep.seeds[0]))
-  norm = programs.model.norm
-  out = {"init": at_initialisation(programs, variables, batch, cfg),
-         "noise": sgd_noise(programs, variables, pool, cfg), "first_steps": []}
-  for lr in config.sweep.lrs:
-    line_at = (4, 7) if lr == cfg.lr_by_norm[norm] else ()
-    out["first_steps"].append(
-        first_steps(programs, config, dataset, variables, float(lr), batch, line_at))
-  return out
+  return [first_steps(programs, config, dataset, variables, float(lr), batch,
+                      (4, 7) if lr == cfg.lr_by_norm[programs.model.norm] else ())
+          for lr in config.sweep.lrs]
 
 
-def _compare_initializers(programs: Programs, arm: sweep.Arm, config: ml_collections.ConfigDict,
-                          dataset: data.Dataset, batch: tuple) -> dict[str, Numbers]:
-  """The no-BN network at initialisation and over its first steps, per initialiser."""
+def compare_initializers(programs: Programs, arm: sweep.Arm, config: ml_collections.ConfigDict,
+                         dataset: data.Dataset, batch: Batch, measured: Numbers
+                         ) -> dict[str, Numbers]:
+  """The no-BN network at initialisation and over its first steps, per initialiser; first seed.
+
+  The config's own initialiser is the arm already measured: its numbers are
+  taken from `measured` (the arm's first seed), not measured twice.
+  """
   cfg, found = config.analysis, {}
+  seed, lr = int(config.sweep.seeds[0]), float(cfg.lr_by_norm["none"])
   for name in cfg.compare_initializers:
-    model = make_model({**arm.model_config, "initializer": name})
-    variables = train.init_variables(model, int(config.sweep.seeds[0]))
-    init = at_initialisation(programs, variables, batch, cfg)
-    steps = first_steps(programs, config, dataset, variables, float(cfg.lr_by_norm["none"]),
-                        batch)
+    variables = train.init_variables(make_model({**arm.model_config, "initializer": name}), seed)
+    if name == arm.model_config["initializer"]:
+      init = {key: values[0] for key, values in measured["init"][DATA_INPUT].items()}
+      line = next((l for l in measured["lines"] if l["seed"] == seed), None)
+      steps = next((r for r in measured["first_steps"] if r["lr"] == lr), None)
+    else:
+      fetched = jax.device_get(seed_at_init(programs, variables, {DATA_INPUT: batch}, cfg, True))
+      init = {key: _plain(value) for key, value in fetched[DATA_INPUT].items()}
+      line = relative_line(float(fetched["line"]["loss"]), fetched["line"]["losses_E"],
+                           _etas(cfg))
+      steps = None
+    if steps is None:
+      steps = first_steps(programs, config, dataset, variables, lr, batch)
     found[name] = {"loss": init["loss"], "log10_std_L": init["log10_std_L"],
                    "max_abs_grad": init["max_abs_grad"],
-                   "first_divergent_eta": init.get("line", {}).get("first_divergent_eta"),
+                   "first_divergent_eta": line["first_divergent_eta"] if line else None,
                    "first_steps": {k: v for k, v in steps.items() if k != "lines"}}
   return found
 
 
-# ---------------------------------------------------------------- judging and writing
-
-F6_LAYERS = tuple(range(6, 110, 12)) + (110,)  # the paper's F6 points: 6, 18, ..., 102, 110
-
-
-def _claim_values(arms: dict[str, Numbers], config: ml_collections.ConfigDict
-                  ) -> dict[str, float]:
-  """The measured number behind each `paper.CLAIMS` key (absent where not measured)."""
-  depth, values = config.model.depth, {}
-  at = lambda k: paper_layer(k, depth) - 1
-  for norm, arm in arms.items():
-    init = arm["init"]
-    for run in arm["first_steps"]:
-      values[f"f1_trains/{norm}/{run['lr']:g}"] = float(run["trains"])
-    values[f"f2_noise_over_bound/{norm}"] = arm["noise"]["noise_over_bound"]
-    values[f"f3_max_abs_grad/{norm}"] = _log10(init["max_abs_grad"])
-    values[f"f7_same_class_share/{norm}"] = init["same_class_share"]
-    lines = {1: init.get("line")}
-    lines.update(next((r["lines"] for r in arm["first_steps"]
-                       if r["lr"] == config.analysis.lr_by_norm[norm]), {}))
-    for minibatch, line in lines.items():
-      if line is None:
-        continue
-      values[f"f4_first_divergent_eta/{norm}/{minibatch}"] = line["first_divergent_eta"]
-      values[f"f4_max_relative_loss/{norm}/{minibatch}"] = float(np.max(line["relative_loss"]))
-      values[f"f4_min_relative_loss/{norm}/{minibatch}"] = float(np.min(line["relative_loss"]))
-    for name in ("log10_abs_mean", "log10_std"):
-      per_layer = np.asarray(init[f"{name}_L"])
-      points = per_layer[[at(k) for k in F6_LAYERS]]
-      values[f"f6_{name}_range/{norm}"] = float(np.max(points) - np.min(points))
-      for k in (6, 110):
-        values[f"f6_{name}/{norm}/{k}"] = float(per_layer[at(k)])
-  if "batch" in arms and "none" in arms:
-    values["f3_spread_ratio"] = (values["f3_max_abs_grad/none"]
-                                 - values["f3_max_abs_grad/batch"])
-  update = arms.get("none", {}).get("init", {}).get("update_log10_max_var", {})
-  if 1.0 in update:
-    for k in (8, 44, 80):
-      values[f"f5_log10_max_var/{k}"] = float(update[1.0][at(k)])
-  return values
-
-
-def _log10(x: float) -> float:
-  return math.log10(x) if x > 0 and math.isfinite(x) else math.nan
-
-
 def _settings(config: ml_collections.ConfigDict) -> Numbers:
   cfg = config.analysis
+  seeds = [int(s) for s in config.sweep.seeds]
   return {"depth": config.model.depth, "initializer": config.model.initializer,
-          "seed": int(config.sweep.seeds[0]), "batch_size": cfg.batch_size,
+          "seeds": seeds, "line_seeds": seeds[:cfg.line_seeds], "first_steps_seed": seeds[0],
+          "inputs": list(cfg.inputs), "batch_size": cfg.batch_size, "grad_chunk": cfg.grad_chunk,
           "train_batch_size": cfg.train_batch_size, "train_steps": cfg.train_steps,
           "lrs": list(config.sweep.lrs), "etas": _etas(cfg).tolist(),
           "warmup_from_lr": cfg.warmup_from_lr, "warmup_factor": cfg.warmup_factor,
@@ -366,103 +500,3 @@ def _device() -> str:
   device = jax.devices()[0]
   return (f"{device.device_kind} ({jax.default_backend()}, {os.cpu_count()} CPU cores,"
           f" {platform.machine()}), jax {jax.__version__}")
-
-
-def _number(x: Any) -> str:
-  """A measured value for the table: 3 significant digits, "—" where there is none."""
-  if x is None:
-    return "—"
-  x = float(x)
-  if math.isnan(x):
-    return "NaN"
-  if math.isinf(x):
-    return "none on the grid" if x > 0 else "−inf"
-  return f"{x:.3g}"
-
-
-def markdown(result: Numbers) -> str:
-  """The report as Markdown: settings, the verdict table, the initialisers, F1's steps, time."""
-  s = result["settings"]
-  counts = {v: sum(r["verdict"] == v for r in result["rows"])
-            for v in ("agrees", "differs", "not measured")}
-  lines = [
-      "# Reproduction report: Bjorck et al. (2018) at the paper's size", "",
-      "Written by `python -m bnjax.main --config=configs/reproduce.py --workdir=DIR`"
-      f" on {result['device']} in {result['total_seconds'] / 60:.1f} minutes.", "",
-      f"ResNet-{s['depth']}, initialiser `{s['initializer']}`, seed {s['seed']}, data:"
-      f" {result['data']}. At initialisation (F3–F7): training batch 0 of {s['batch_size']}"
-      f" images. F1's first steps: {s['train_steps']} SGD steps at each rate, batch"
-      f" {s['train_batch_size']}, constant rate, except that rates of {s['warmup_from_lr']:g}"
-      f" and more run at {s['warmup_factor']:g}× (He et al.'s ResNet-110 warm-up), momentum"
-      f" {s['momentum']}, weight decay {s['weight_decay']}; a member *trains* when it never"
-      " diverged and its train-mode loss on batch 0 fell. F4's minibatches 4 and 7 are those"
-      f" of the members at the paper's F4 rates, batch {s['train_batch_size']}. η grid:"
-      f" {len(s['etas'])} points from {s['etas'][0]:g} to {s['etas'][-1]:g}. F5: the step"
-      f" −{s['update_lr']:g}·g. F2: {s['noise_pool_size']} pooled examples, minibatches of"
-      f" {s['noise_batch_size']}. F8: {s['matrix_size']}×{s['matrix_size']} matrices.", "",
-      f"**{counts['agrees']} of {len(result['rows'])} readings agree, {counts['differs']}"
-      f" differ, {counts['not measured']} could not be measured.** A band is the paper's"
-      " reading with its own reading error, never widened to let a measurement pass"
-      " (`bnjax/paper.py`).", "",
-      "| figure | quantity | paper | band | measured | verdict |",
-      "|---|---|---|---|---|---|"]
-  for r in result["rows"]:
-    band = f"{_number(r['low'])} … {_number(r['high'])}"
-    cells = (r["figure"], r["what"], r["reading"], band, _number(r["measured"]), r["verdict"])
-    lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-  lines += _differences(result) + _initializer_table(result) + _first_steps_table(result)
-  lines += ["", "## Time", "", "| section | seconds |", "|---|---|"]
-  lines += [f"| {name} | {seconds:.0f} |" for name, seconds in result["seconds"].items()]
-  return "\n".join(lines) + "\n"
-
-
-def _differences(result: Numbers) -> list[str]:
-  """The readings that differ, grouped by what is known of why."""
-  by_note: dict[str, list[str]] = {}
-  for r in result["rows"]:
-    if r["verdict"] != "agrees":
-      by_note.setdefault(r["note"] or "Not explained.", []).append(
-          f"{r['figure']} {r['what']} ({_number(r['measured'])})")
-  if not by_note:
-    return []
-  lines = ["", "## Where the measurement differs, and why", ""]
-  for note, readings in by_note.items():
-    lines.append(f"- {'; '.join(readings)}. {note}")
-  return lines
-
-
-def _initializer_table(result: Numbers) -> list[str]:
-  found = result["arms"].get("none", {}).get("initializers", {})
-  if not found:
-    return []
-  lines = ["", "## The no-BN network under each initialiser", "",
-           "Same seed, batch and measurements as above; the first steps are at the no-BN F4"
-           " rate.", "",
-           "| initialiser | loss at init | log10 channel std, first → last layer |"
-           " max \\|∂L/∂w\\|, F3 layer | first η past 1e3 (F4) | first steps: probe loss |",
-           "|---|---|---|---|---|---|"]
-  for name, f in found.items():
-    steps = f["first_steps"]
-    outcome = (f"diverged at step {steps['diverged_step']}" if steps["diverged"] else
-               f"{_number(steps['probe_loss_start'])} → {_number(steps['probe_loss_end'])}")
-    stds = f["log10_std_L"]
-    lines.append(f"| `{name}` | {_number(f['loss'])} | {_number(stds[0])} → {_number(stds[-1])} |"
-                 f" {_number(f['max_abs_grad'])} | {_number(f['first_divergent_eta'])} |"
-                 f" {outcome} |")
-  return lines
-
-
-def _first_steps_table(result: Numbers) -> list[str]:
-  lines = ["", "## F1: the first steps", "",
-           "| norm | lr | rate of these steps | probe loss, start → end |"
-           " train loss, first → last step | diverged |",
-           "|---|---|---|---|---|---|"]
-  for norm, arm in result["arms"].items():
-    for run in arm["first_steps"]:
-      losses = run["train_loss"]
-      diverged = f"at step {run['diverged_step']}" if run["diverged"] else "no"
-      lines.append(f"| {norm} | {run['lr']:g} | {run['rate']:g} |"
-                   f" {_number(run['probe_loss_start'])} →"
-                   f" {_number(run['probe_loss_end'])} | {_number(losses[0])} →"
-                   f" {_number(losses[-1])} | {diverged} |")
-  return lines
