@@ -70,7 +70,9 @@ def markdown(result: Numbers) -> str:
   lines = [
       "# Reproduction report: Bjorck et al. (2018) at the paper's size", "",
       "Written by `python -m bnjax.main --config=configs/reproduce.py --workdir=DIR`"
-      f" on {result['device']} in {result['total_seconds'] / 60:.1f} minutes.", "",
+      f" on {result['device']} in {result['total_seconds'] / 60:.1f} minutes, using"
+      f" {result['total_cpu_seconds'] / 60:.1f} minutes of CPU time (all threads; the wall-clock"
+      " time grows when other work shares the machine, the CPU time much less).", "",
       f"ResNet-{s['depth']}, initialiser `{s['initializer']}`, data: {result['data']}."
       f" **Seeds:** every reading at initialisation (F2, F3, F5, F6, F7) is measured on each of"
       f" the {len(s['seeds'])} seeds {_seed_list(s['seeds'])} (a seed sets the initial weights;"
@@ -102,8 +104,9 @@ def markdown(result: Numbers) -> str:
                          str(r["num_measured"]), r["verdict"], r["range"])))
   lines += _inputs_section(result) + _differences(result) + _initializer_table(result)
   lines += _first_steps_table(result)
-  lines += ["", "## Time", "", "| section | seconds |", "|---|---|"]
-  lines += [f"| {name} | {seconds:.0f} |" for name, seconds in result["seconds"].items()]
+  lines += ["", "## Time", "", "| section | seconds | CPU seconds |", "|---|---|---|"]
+  lines += [f"| {name} | {seconds:.0f} | {result['cpu_seconds'][name]:.0f} |"
+            for name, seconds in result["seconds"].items()]
   return "\n".join(lines) + "\n"
 
 
