@@ -60,6 +60,7 @@ from bnjax.models import layers, make_model
 Numbers = dict[str, Any]
 Batch = tuple[jax.Array, jax.Array]
 
+RECORDINGS = ("conv_out", "logits")  # the numbered layers of F5 and F6, and F7's logits
 # The measured input first, then the stand-ins of `bnjax.inputs`.
 INPUTS = (DATA_INPUT, *inputs.STAND_INS)
 
