@@ -187,12 +187,22 @@ def accuracy_figure(metrics: list[dict], members: list[dict], fields: Sequence[s
 # -------------------------------------------------------- shared by the experiments' figures
 
 
+def panel_label(member: dict) -> str:
+  """The arm label, and the rate for a member of a trained sweep ("norm=batch, lr 0.05").
+
+  Members at initialisation carry no rate, and an arm's panel holds its
+  seeds; members measured from a checkpoint differ by rate, one panel each.
+  """
+  lr = member.get("lr")
+  return member["arm"] if lr is None else ", ".join(filter(None, (member["arm"], f"lr {lr:g}")))
+
+
 def by_arm(members: list[dict], key: str | None = None) -> dict[str, list[dict]]:
-  """Member records grouped by arm label, in order, keeping those that carry `key`."""
+  """Member records grouped by `panel_label`, in order, keeping those that carry `key`."""
   groups: dict[str, list[dict]] = collections.defaultdict(list)
   for m in members:
     if key is None or m.get(key) is not None:
-      groups[m["arm"]].append(m)
+      groups[panel_label(m)].append(m)
   return dict(groups)
 
 

@@ -1,5 +1,6 @@
 """Layer analyses: known answers (BN's gradient identities, the quarter-circle law), and the jobs end to end."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax import config as config_lib, data, errors, experiments, sweep, train
+from bnjax import config as config_lib, data, errors, experiments, plots, sweep, train
 from bnjax.analysis import activations as act, common, gradients as grad, random_matrix as rm
-from bnjax.experiments import activations as activations_experiment
+from bnjax.experiments import _members, activations as activations_experiment
 from bnjax.experiments import gradients as gradients_experiment
 from bnjax.models import make_model, resnet
 
-from conftest import REPO, load_config
+from conftest import REPO, load_config, tiny_config
 
 
 def _model(norm: str, depth: int = 8) -> nn.Module:
@@ -243,3 +244,19 @@ def test_layers_stay_in_depth_order_with_a_hundred_blocks_per_stage():
            "stage1_block10/conv_norm1/conv/kernel", "stem/conv/kernel"]
   ordered = sorted(names, key=lambda n: resnet.depth_key(n.rsplit("/", 2)[0]))
   assert ordered == [names[3], names[2], names[1], names[0]]
+
+
+def test_members_of_a_trained_sweep_get_one_panel_and_heatmap_per_rate(tiny_dataset):
+  """From a checkpoint an arm's members differ by rate: each gets its panel and F7 heatmap."""
+  config = tiny_config()
+  config.sweep.arms.norm = ("batch",)
+  config.sweep.seeds = (0, 1)
+  config.analysis = gradients_experiment.defaults()
+  at_init = list(_members.at_init(config))
+  initial = gradients_experiment.measure(config, at_init, tiny_dataset, 0)
+  assert list(plots.by_arm(initial["members"])) == ["norm=batch"]  # one panel, both seeds
+  assert [m.get("output_grad") is not None for m in initial["members"]] == [True, False]
+  trained = [dataclasses.replace(at_init[0], lr=lr) for lr in (0.01, 0.1)]
+  result = gradients_experiment.measure(config, trained, tiny_dataset, 0)
+  assert list(plots.by_arm(result["members"])) == ["norm=batch, lr 0.01", "norm=batch, lr 0.1"]
+  assert all(m.get("output_grad") is not None for m in result["members"])

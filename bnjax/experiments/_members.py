@@ -160,8 +160,8 @@ def measured_seed(run: checkpoint.Run, seed: int | None) -> int:
 def at_checkpoint(run: checkpoint.Run, seed: int | None = None) -> Iterator[Subject]:
   """The run's members of `seed` (default: the first), one per (arm, rate), in rate order.
 
-  When an arm has several rates, its label names the rate too, so that
-  figures drawn per arm label show one panel per (arm, rate).
+  Their identity carries the rate, so that figures drawn per arm
+  (`plots.by_arm`) show one panel per (arm, rate).
   """
   seed = measured_seed(run, seed)
   for arm in run.arms:

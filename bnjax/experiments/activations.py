@@ -187,7 +187,7 @@ def diverging_update_figure(members: list[dict], fractions: Sequence[float], lr:
         im = ax.imshow(values, aspect="auto", origin="lower", cmap=cmap, vmin=lim[0], vmax=lim[1],
                        extent=(-0.5, values.shape[1] - 0.5, *extent_s), interpolation="nearest")
         fig.colorbar(im, ax=ax, label=what)
-        ax.set_title(f"{record['arm']}: layer {layer}", fontsize=9)
+        ax.set_title(f"{plots.panel_label(record)}: layer {layer}", fontsize=9)
         ax.set_xlabel("channel")
         ax.set_ylabel("fraction of step applied")
   plots.save(fig, path, f"Activations during the SGD step −{lr:g}·g {when}", setting)

@@ -4,7 +4,7 @@ Every member (arm x seed) at initialisation (`python -m bnjax.main
 --config=configs/gradients.py`), or one seed's members of a trained sweep
 (`python -m bnjax.analyze --analyses=gradients`), on the training batch of
 its step: ∂L/∂logits per image and class (F7 heatmap, first member of each
-arm) with the scalars that say how input-independent it is; the weight
+arm and rate) with the scalars that say how input-independent it is; the weight
 gradients of weight layer `histogram_layer` (F3 histogram; a number or a
 position such as "middle", resolved against each model:
 `analysis.common.resolve_layer`) and every weight layer's gradient norm
@@ -53,7 +53,7 @@ def histogram(values: np.ndarray, bins: int = 81) -> dict[str, Any]:
 
 def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subject],
             dataset: data.Dataset, step: int, seed: int | None = None) -> dict[str, Any]:
-  """Every subject's gradient summary; the first of each arm keeps its F7 heatmap.
+  """Every subject's gradient summary; the first of each arm (and rate) keeps its F7 heatmap.
 
   On training batch `step`, the one the subjects (all at that step) train on next.
   """
@@ -65,8 +65,9 @@ def measure(config: ml_collections.ConfigDict, subjects: Iterable[_members.Subje
     record = {**subject.identity(), "finite": bool(out["finite"]), "loss": out["loss"],
               "histogram_layer": int(out["layer"])}
     if record["finite"]:  # an overflowed pass has only NaN gradients to show
-      record.update(_finite_record(out, labels, with_heatmap=subject.arm not in seen))
-      seen.add(subject.arm)
+      panel = (subject.arm, subject.lr)
+      record.update(_finite_record(out, labels, with_heatmap=panel not in seen))
+      seen.add(panel)
     members.append(record)
   return {"batch_size": int(labels.shape[0]), "step": step, "histogram_layer": layer,
           "setting": plots.setting(config), "members": members}
@@ -111,8 +112,9 @@ def output_gradient_figure(members: list[dict], path: str, when: str,
     im = ax.imshow(g, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
                    interpolation="nearest")
     fig.colorbar(im, ax=ax, label="∂L/∂logit (batch-mean loss)")
-    ax.set_title(f"{r['arm']}\nsame top class {plots.number(r['same_class_share'], '.2f')}, mean"
-                 f" cosine {plots.number(r['mean_cosine'], '.2f')}\npredicted-class share"
+    ax.set_title(f"{plots.panel_label(r)}\nsame top class"
+                 f" {plots.number(r['same_class_share'], '.2f')}, mean cosine"
+                 f" {plots.number(r['mean_cosine'], '.2f')}\npredicted-class share"
                  f" {plots.number(r['prediction_share'], '.2f')}",
                  fontsize=9)
     ax.set_xlabel("class")
