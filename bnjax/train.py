@@ -115,7 +115,7 @@ def init_variables(model: nn.Module, seed: int | jax.Array) -> dict[str, Any]:
   trace, `abstract_variables`. `seed` is cast to uint32, the range config
   validation admits.
   """
-  return _compiled_variables_from_seed(model, jnp.asarray(seed, jnp.uint32))
+  return compiled_init(jax.default_backend())(model, jnp.asarray(seed, jnp.uint32))
 
 
 def _variables_from_seed(model: nn.Module, seed: jax.Array) -> dict[str, Any]:
@@ -129,9 +129,22 @@ def _variables_from_seed(model: nn.Module, seed: jax.Array) -> dict[str, Any]:
 # 3.4 s -> 0.5 s; ResNet-110: 10.3 s -> 5.5 s with the run) into a program
 # that gives the same variables bit for bit (integer random bits, then
 # elementwise float transforms with nothing to contract or reassociate).
-_compiled_variables_from_seed = jax.jit(
-    _variables_from_seed, static_argnums=0,
-    compiler_options={"xla_backend_optimization_level": 0})
+# Measured on the CPU backend only, so only there: elsewhere XLA's defaults.
+UNOPTIMISED_INIT_BACKENDS = ("cpu",)
+
+
+def init_compiler_options(backend: str) -> dict[str, Any] | None:
+  """XLA options for compiling the init on `backend`: no backend optimisation on a CPU."""
+  if backend in UNOPTIMISED_INIT_BACKENDS:
+    return {"xla_backend_optimization_level": 0}
+  return None
+
+
+@functools.cache
+def compiled_init(backend: str) -> Callable[[nn.Module, jax.Array], dict[str, Any]]:
+  """jit(variables from a uint32 seed) with `backend`'s init compiler options, one per backend."""
+  return jax.jit(_variables_from_seed, static_argnums=0,
+                 compiler_options=init_compiler_options(backend))
 
 
 def abstract_variables(model: nn.Module) -> dict[str, Any]:

@@ -141,3 +141,15 @@ def test_per_seed_streams_give_each_member_the_batches_of_its_own_seed(tiny_data
   difference = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), alone.params,
                             shared.params)
   assert max(jax.tree.leaves(difference)) > 1e-4  # another stream: other batches
+
+
+def test_init_compiles_unoptimised_only_on_a_cpu_and_gives_the_same_variables():
+  """The no-optimisation init compile was measured to help on XLA:CPU only; bit-identical."""
+  assert train.init_compiler_options("cpu") == {"xla_backend_optimization_level": 0}
+  assert train.init_compiler_options("gpu") is None and train.init_compiler_options("tpu") is None
+  model = make_model(tiny_config().model, num_classes=10)
+  seed = jnp.asarray(3, jnp.uint32)
+  unoptimised = train.compiled_init("cpu")(model, seed)  # what a CPU run uses
+  optimised = train.compiled_init("gpu")(model, seed)  # a GPU's options, compiled for this CPU
+  jax.tree.map(np.testing.assert_array_equal, unoptimised, optimised)
+  jax.tree.map(np.testing.assert_array_equal, train.init_variables(model, 3), unoptimised)
