@@ -1,38 +1,18 @@
 #!/usr/bin/env bash
-# The GPU table of docs/performance.md in one command, within 10 minutes on one H100:
+# The GPU table of docs/performance.md in one command that ends within its budget:
 #
-#   bench/gpu.sh [--tiny] [OUT] [--budget_s=570] [--only=PATTERN,...] [--dry_run]
+#   bench/gpu.sh OUT [--budget_s=480] [--tiny] [--only=PATTERN,...] [--dry_run] [--cache_dir=DIR]
 #
-# Runs the grid of bench/gpu_grid.py (ResNet-110 and ResNet-20, M in {1, 4, 18, 32},
-# every executor, float32 with JAX's default precision (TF32 on a GPU), full float32
-# and bfloat16, scanned blocks on and off, compile-only times, and the PyTorch
-# baseline) in order of importance, printing each row's time estimate first and
-# skipping, with the reason, what does not fit in the budget. Writes to OUT
-# (default bench/results/gpu-YYYY-MM-DD):
-#
-#   <row>.json     one bench.throughput result per row
-#   log.txt        everything printed (appended to by later runs)
-#   manifest.json  every row: done, skipped or failed, why, estimated and actual seconds
-#   results.json   all rows' records merged; table.md: their Markdown tables
-#   cache/         compilation caches and the synthetic data, shared by the rows
-#
-# Running it again on the same OUT keeps the rows already measured and tries the
-# others. --tiny runs the same grid on a CPU in minutes (ResNet-14 and ResNet-8,
-# M in {2, 1}, batch 8, 2 timed steps). Installing on a GPU machine without
-# internet access: bench/GPU.md.
+# The preflight (python -m bench.preflight), then the rows of bench/gpu_grid.py
+# in the order of what they decide (ResNet-110 at M = 18 on every executor in
+# float32 and bfloat16, the PyTorch baseline, ResNet-20, the M sweep,
+# compile-only times, startup, then what else fits), each killed with its
+# process group when its share of --budget_s runs out. OUT ends with four
+# files: log.txt, manifest.json, results.json and table.md; caches and the
+# synthetic data stay outside it. --tiny runs the same on a CPU in minutes.
+# Installing on a GPU host without internet, and the command for one: bench/GPU.md.
+# The Python that runs everything: $PYTHON (default python3).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-tiny=--notiny
-if [ "${1:-}" = "--tiny" ]; then tiny=--tiny; shift; fi
-out="bench/results/gpu-$(date +%Y-%m-%d)"
-if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out="$1"; shift; fi
-python="${PYTHON:-python3}"
-mkdir -p "$out"
-set -o pipefail
-{
-  echo "# bench/gpu.sh $tiny $out $*  ($(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname))"
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
-  fi
-  PYTHONUNBUFFERED=1 "$python" -m bench.gpu_grid --out="$out" "$tiny" --python="$python" "$@"
-} 2>&1 | tee -a "$out/log.txt"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python3}" -m bench.gpu_grid "$@"

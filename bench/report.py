@@ -5,11 +5,11 @@
 
 prints the records of saved results as Markdown tables, the form
 docs/performance.md quotes them in. A folder is the output of bench/gpu.sh:
-its rows' JSON files become one throughput table and one compile-time
-table, followed by the rows that did not run and why.
+its results.json becomes the preflight's line, one throughput table, one
+compile-time table, the ResNet-110 rows against the F1 grid's target, the
+startup table, and the rows that did not run and why.
 """
 
-import glob
 import json
 import os
 import sys
@@ -211,49 +211,74 @@ def auto_summary(records: list[dict[str, Any]]) -> list[str]:
   return lines
 
 
-def load_folder(folder: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-  """(merged results, manifest rows) of a bench/gpu.sh folder.
-
-  The rows come in the manifest's order (the grid's); without a manifest,
-  every row JSON file of the folder in name order.
-  """
-  manifest_path = os.path.join(folder, "manifest.json")
-  rows = []
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      rows = json.load(f)["rows"]
-    paths = [os.path.join(folder, f"{r['name']}.json") for r in rows]
-  else:
-    skip = {"manifest.json", "results.json"}
-    paths = sorted(p for p in glob.glob(os.path.join(folder, "*.json"))
-                   if os.path.basename(p) not in skip)
-  merged = {"device": None, "records": []}
-  for path in paths:
-    if os.path.exists(path):
-      with open(path) as f:
-        results = json.load(f)
-      merged["device"] = merged["device"] or results["device"]
-      if "torch_version" in results["device"]:
-        merged["device"]["torch_version"] = results["device"]["torch_version"]
-      merged["records"] += results["records"]
-  return merged, rows
+# The F1 grid (18 ResNet-110 members, 64k steps of batch 128) in one GPU-hour.
+TARGET_IMAGES_PER_S = 41_000
+RESNET110_TRAIN_GFLOP = 1.5  # per 32x32 image: forward 0.51, backward about twice that
 
 
-def folder_markdown(folder: str) -> str:
-  """The Markdown of a bench/gpu.sh folder: throughput and compile tables, then rows not run."""
-  merged, rows = load_folder(folder)
-  records = merged["records"]
-  parts = [] if records else ["No results yet."]
+def target_lines(records: list[dict[str, Any]]) -> list[str]:
+  """For each ResNet-110 group (M, dtype, precision, scan): its best executor against the target."""
+  groups: dict[tuple, dict[str, Any]] = {}
+  for r in records:
+    if (r.get("framework") == "bnjax" and r.get("depth") == 110 and "images_per_s" in r
+        and r.get("executor") != "auto"):
+      key = (r["members"], dtype_text(r), bool(r.get("scan_blocks")))
+      if key not in groups or r["images_per_s"] > groups[key]["images_per_s"]:
+        groups[key] = r
+  lines = []
+  for (members, dtype, scan), r in sorted(groups.items()):
+    tflops = r["images_per_s"] * RESNET110_TRAIN_GFLOP / 1e3
+    lines.append(f"ResNet-110 M={members} {dtype}{' scanned' if scan else ''}: best {r['executor']}"
+                 f" {r['images_per_s']:,.0f} img/s = {tflops:.1f} TFLOP/s of training work,"
+                 f" {r['images_per_s'] / TARGET_IMAGES_PER_S:.2f}x the {TARGET_IMAGES_PER_S:,}"
+                 " img/s that the F1 grid needs to train in one GPU-hour.")
+  return lines
+
+
+def preflight_line(preflight: dict[str, Any]) -> str:
+  """One line: whether the preflight passed, on what, and the executor `auto` picked."""
+  if not preflight:
+    return "Preflight: not run."
+  if not preflight.get("ok"):
+    return f"Preflight: failed: {preflight.get('error', 'no result')}"
+  found, memory = preflight.get("versions", {}), preflight.get("memory", {})
+  packages = found.get("packages", {})
+  peak = memory.get("peak_bytes")
+  line = (f"Preflight: passed in {preflight.get('seconds', 0):.0f} s on {found.get('device_kind')}"
+          f" ({found.get('backend')}; jax {packages.get('jax')}, torch"
+          f" {packages.get('torch', 'absent')}); auto -> {found.get('auto')}"
+          + (f"; peak {peak / 2**20:.0f} MiB ({memory.get('source')})." if peak else "."))
+  return line + "".join(f" Warning: {w}." for w in preflight.get("warnings", []))
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+  """The Markdown of a bench/gpu.sh results.json: preflight, tables, target, rows not measured."""
+  records = results.get("records", [])
+  parts = [preflight_line(results.get("preflight") or {})]
+  if not records:
+    parts.append("No throughput results.")
   for compile_only in (False, True):
     part = [r for r in records if (r.get("mode") == "compile_only") == compile_only]
     if part:
-      parts.append(markdown({"device": merged["device"], "records": part}))
-  missing = [r for r in rows if r.get("status") != "done"]
+      parts.append(markdown({"device": results["device"], "records": part}))
+  targets = target_lines(records)
+  if targets:
+    parts.append("\n".join(f"- {line}" for line in targets))
+  startup = results.get("startup")
+  if startup and startup.get("launches"):
+    parts.append("Startup: " + startup_markdown(startup))
+  missing = [r for r in results.get("rows", []) if r.get("status") != "done"]
   if missing:
     parts.append("Rows not measured:\n\n" + "\n".join(
         f"- {r['name']}: {r.get('status', 'not run')}"
         + (f" ({r['reason']})" if r.get("reason") else "") for r in missing))
   return "\n\n".join(parts)
+
+
+def folder_markdown(folder: str) -> str:
+  """The Markdown of a bench/gpu.sh results folder (its results.json)."""
+  with open(os.path.join(folder, "results.json")) as f:
+    return results_markdown(json.load(f))
 
 
 STARTUP_ROWS = (  # (label, phase or summary key, its compile part's key)

@@ -68,6 +68,8 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from bench import processes
+
 DEFAULT_CONFIG = "configs/lr_sweep.py"
 _CONFIG = config_flags.DEFINE_config_file(
     "config", DEFAULT_CONFIG, "Experiment config file, optionally with ':variant'.")
@@ -215,7 +217,8 @@ def run_main(overrides: list[str], env: dict[str, str]) -> dict[str, Any]:
   command = [sys.executable, "-m", "bnjax.main", f"--workdir={workdir}", *overrides,
              "--alsologtostderr"]
   start = time.time()
-  done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+  done = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
+                        preexec_fn=processes.die_with_parent)
   total = time.time() - start
   shutil.rmtree(workdir, ignore_errors=True)
   if done.returncode != 0:
@@ -260,7 +263,7 @@ def launch(kind: str, config_args: list[str], cache_dir: str | None) -> dict[str
              f"--eval={_EVAL.value}", f"--steady_step={_STEADY.value}", *config_args]
   start = time.time()
   done = subprocess.run([*command, f"--launch_time={start}"], env=env, capture_output=True,
-                        text=True, check=False)
+                        text=True, check=False, preexec_fn=processes.die_with_parent)
   lines = [l for l in done.stdout.splitlines() if l.startswith(RESULT_TAG)]
   if done.returncode != 0 or not lines:
     raise RuntimeError(f"Launch {kind} failed:\n{done.stderr[-3000:]}")
@@ -315,7 +318,11 @@ def row(record: dict[str, Any]) -> str:
 
 
 def parent(argv: list[str]) -> dict[str, Any]:
-  """Runs the launches in order and writes their records and ratios."""
+  """Runs the launches in order, writing their records and ratios after each one.
+
+  What is measured so far survives a kill (bench/gpu.sh stops a row whose
+  time is up).
+  """
   config_args = _config_args(argv)
   own_cache = _CACHE_DIR.value is None
   cache_dir = _CACHE_DIR.value or tempfile.mkdtemp(prefix="bnjax-startup-xla-")
@@ -325,14 +332,23 @@ def parent(argv: list[str]) -> dict[str, Any]:
     if kind not in ("nocache", "cold", "warm", "main"):
       raise app.UsageError(f"Unknown launch kind {kind!r}; use nocache, cold, warm or main.")
   kinds += [k for _ in range(_REPEATS.value - 1) for k in ("nocache", "warm") if k in kinds]
+  results = write_results(config_args, launches)
   try:
     for kind in kinds:
       uses_cache = kind in ("cold", "warm") or (kind == "main" and "cold" in kinds)
       launches.append(launch(kind, config_args, cache_dir if uses_cache else None))
       print(row(launches[-1]), flush=True)
+      results = write_results(config_args, launches)
   finally:
     if own_cache:
       shutil.rmtree(cache_dir, ignore_errors=True)
+  for name, value in results["ratios"].items():
+    print(f"{name}: {value:.2f}")
+  return results
+
+
+def write_results(config_args: list[str], launches: list[dict[str, Any]]) -> dict[str, Any]:
+  """Writes (and returns) the results of the launches so far to --out."""
   config = _CONFIG.value
   results = {"device": _machine(), "config_args": config_args,
              "grid": {"depth": config.model.depth, "arms": dict(config.sweep.arms),
@@ -343,8 +359,6 @@ def parent(argv: list[str]) -> dict[str, Any]:
                           "min_compile_time_secs": _MIN_COMPILE_S.value},
              "launches": launches, "medians": medians(launches)}
   results["ratios"] = ratios(results["medians"])
-  for name, value in results["ratios"].items():
-    print(f"{name}: {value:.2f}")
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value, "w") as f:
     json.dump(results, f, indent=1)

@@ -106,7 +106,8 @@ def parse_args(argv: list[str]) -> Settings:
   p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
   p.add_argument("--depths", type=_ints, default=d.depths, help="ResNet depths 6n+2, comma-separated")
   p.add_argument("--members", type=_ints, default=d.members, help="members M per arm, comma-separated")
-  p.add_argument("--executors", type=_strs, default=d.executors, help=f"of {executor_lib.EXECUTORS}")
+  p.add_argument("--executors", type=_strs, default=d.executors,
+                 help=f"of {executor_lib.EXECUTORS} (none: only the PyTorch baseline)")
   p.add_argument("--dtypes", type=_strs, default=d.dtypes, help="compute dtypes: float32, bfloat16")
   p.add_argument("--scan_blocks", type=_bools, default=d.scan_blocks,
                  help="run each stage's repeated blocks as one nn.scan: true, false or both")
@@ -472,7 +473,7 @@ def run(s: Settings) -> dict[str, Any]:
     use_torch = s.torch and torch_baseline.available()
     if s.torch and not use_torch:
       print("torch is not installed (pip install -e .[bench]); skipping the PyTorch baseline.")
-    dataset = synthetic_data(s)
+    dataset = synthetic_data(s) if s.executors else None  # --executors=: the baseline alone
     print(report.header(), flush=True)
     for depth, dtype, members in itertools.product(s.depths, s.dtypes, s.members):
       group = []

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from bench import processes
+
 # A compiled member runs slowly for its 2nd and 3rd calls too (measured on
 # CPU, torch 2.x), so it gets at least this many warm-up steps.
 MIN_WARMUP = 3
@@ -191,7 +193,8 @@ def measure_in_subprocess(depth: int, norm: str, num_members: int, dtype: str, b
                      repeats, precision, min_round_s, shortcut])
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run([sys.executable, "-m", "bench.torch_baseline", args], cwd=root,
-                        capture_output=True, text=True, check=False)
+                        capture_output=True, text=True, check=False,
+                        preexec_fn=processes.die_with_parent)
   if done.returncode != 0:
     raise RuntimeError(f"The PyTorch baseline failed:\n{done.stderr[-2000:]}")
   return json.loads(done.stdout.strip().splitlines()[-1])

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import os
 import re
 import subprocess
 import sys
@@ -262,63 +263,220 @@ def test_torch_resnet_fixup_initialises_as_bnjax():
   assert not twin.classifier.weight.any() and not twin.classifier.bias.any()
 
 
-def test_gpu_grid_covers_the_table_most_important_first():
+def test_gpu_grid_runs_the_rows_in_the_order_of_what_they_decide():
   from bench import gpu_grid
+  Row = gpu_grid.Row
   rows = gpu_grid.grid(gpu_grid.GPU)
   names = [r.name for r in rows]
   assert len(set(names)) == len(names)
-  assert rows[0] == gpu_grid.Row(110, 18)  # the target: every executor and the baseline
+  assert rows[:11] == [
+      Row(110, 18), Row(110, 18, "bfloat16"),  # 1. every executor, TF32 and bf16
+      Row(110, 18, kind="torch"), Row(110, 18, "bfloat16", kind="torch"),  # 2. the baseline
+      Row(20, 18), Row(20, 18, kind="torch"),  # 3. ResNet-20
+      Row(110, 1, executors=("vmap", "sequential", "auto")), Row(110, 4), Row(110, 32),  # 4. M
+      Row(110, 18, kind="compile"), Row(110, 2, kind="startup")]  # 5. compile-only, 6. startup
   assert set(rows[0].executors) == set(throughput.executor_lib.EXECUTORS)
-  for depth in (110, 20):
-    assert {r.members for r in rows if r.depth == depth and r.dtype == "float32"
-            and r.precision == "default" and not r.scan} == {1, 4, 18, 32}
-    assert f"r{depth}-m18-bf16" in names and f"r{depth}-m18-f32highest" in names
-    assert f"r{depth}-m18-f32-scan" in names and f"compile-r{depth}-m18" in names
+  assert {"r110-m18-f32-scan", "r110-m18-f32highest", "compile-r20-m18"} <= set(names[11:])
   tiny = gpu_grid.grid(gpu_grid.TINY)
-  assert {(r.depth, r.members) for r in tiny} == {(14, 1), (14, 2), (8, 1), (8, 2)}
-  assert "--steps=2" in tiny[0].args(gpu_grid.TINY, "x.json")
+  assert [r.kind for r in tiny] == [r.kind for r in rows if r.members != 4 and r.members != 32]
+  assert "--steps=2" in tiny[0].command(gpu_grid.TINY, "python", "work")
+  torch_row = tiny[2].command(gpu_grid.TINY, "python", "work")
+  assert "--executors=" in torch_row and "--torch=true" in torch_row
+
+
+def test_gpu_costs_are_the_tiny_cpu_grids_scaled():
+  from bench import gpu_grid
+  tiny, gpu = gpu_grid.TINY, gpu_grid.GPU
+  assert gpu == gpu_grid.gpu_scale(tiny)
+  assert gpu.trace_s[110] == pytest.approx(tiny.trace_s[tiny.big] * 110 / tiny.big)
+  assert gpu.compile_s[110] > gpu.compile_s[20] > 0
+  assert gpu.member_step_s[110] == pytest.approx(
+      tiny.member_step_s[tiny.big] * (110 / tiny.big) * (128 / tiny.batch) / gpu_grid.GPU_SPEEDUP)
+
+
+def _fake_runner(rows, now, ran, factor):
+  """A row runner on the clock `now`: each row takes `factor` times its estimate, up to its share."""
+  from bench import gpu_grid
+  estimates = dict(zip([r.name for r in rows], gpu_grid.plan(rows, gpu_grid.TINY)))
+
+  def runner(command, env, timeout_s, log, cwd=None):
+    out = next(a.split("=", 1)[1] for a in command if a.startswith("--out="))
+    ran.append(os.path.splitext(os.path.basename(out))[0])
+    seconds = min(factor * estimates[ran[-1]], timeout_s)
+    now[0] += seconds
+    return (None if seconds >= timeout_s else 0), seconds
+  return runner
 
 
 def test_gpu_grid_skips_rows_past_the_budget_and_keeps_measured_ones(tmp_path):
   from bench import gpu_grid
   rows = gpu_grid.grid(gpu_grid.TINY)
-  (tmp_path / f"{rows[2].name}.json").write_text("{}")  # measured by an earlier run
-  now = [0.0]
-  ran = []
-
-  def runner(row, scale, out, timeout_s):
-    seconds = 2 * gpu_grid.plan([row], scale)[0]  # every row takes twice its estimate
-    now[0] += seconds
-    ran.append(row.name)
-    return "done", seconds
-
-  guard = gpu_grid.Guard(budget_s=100, reserve_s=10, start=0.0, clock=lambda: now[0])
-  manifest = gpu_grid.run_grid(rows, gpu_grid.TINY, str(tmp_path), guard, runner)
-  status = {entry["name"]: entry["status"] for entry in manifest}
+  now, ran = [0.0], []
+  runner = _fake_runner(rows, now, ran, factor=2.0)
+  guard = gpu_grid.Guard(budget_s=150, reserve_s=10, start=0.0, clock=lambda: now[0])
+  results = gpu_grid.Results(str(tmp_path), gpu_grid.TINY, 150)
+  done_before = {rows[2].name: {"name": rows[2].name, "status": "done", "actual_s": 3.0}}
+  gpu_grid.run_grid(rows, gpu_grid.TINY, str(tmp_path / "work"), guard, results, print,
+                    runner, done_before)
+  status = {entry["name"]: entry["status"] for entry in results.manifest}
   assert ran[0] == rows[0].name and rows[2].name not in ran
-  assert status[rows[2].name] == "done" and now[0] <= 90
-  skipped = [e for e in manifest if e["status"] == "skipped"]
+  assert status[rows[2].name] == "done" and now[0] <= 140
+  skipped = [e for e in results.manifest if e["status"] == "skipped"]
   assert skipped and all("budget" in e["reason"] for e in skipped)
-  assert guard.scale == pytest.approx(2.0, rel=0.3)
+  assert guard.scale("bnjax") == pytest.approx(2.0, rel=0.3)
+  written = json.loads((tmp_path / "manifest.json").read_text())["rows"]
+  assert [e["name"] for e in written] == [r.name for r in rows]
+  assert gpu_grid.check_out_limits(str(tmp_path)) == []
 
 
-def test_report_of_a_gpu_folder(tmp_path):
-  record = {"framework": "bnjax", "depth": 8, "members": 2, "executor": "vmap",
+def test_a_row_that_overruns_its_share_is_killed_and_does_not_eat_the_budget(tmp_path):
+  from bench import gpu_grid
+  rows = gpu_grid.grid(gpu_grid.TINY)[:2]
+  now, ran = [0.0], []
+  runner = _fake_runner(rows, now, ran, factor=100.0)  # the first row hangs
+  first_s, second_s = gpu_grid.plan(rows, gpu_grid.TINY)
+  share_s = 2 * first_s + gpu_grid.TINY.margin_s
+  overrun = share_s / first_s  # how far the finished row's estimate was off
+  budget_s = 10 + share_s + overrun * second_s - 1  # the second row fits, unless scaled by that
+  guard = gpu_grid.Guard(budget_s=budget_s, reserve_s=10, start=0.0, clock=lambda: now[0])
+  results = gpu_grid.Results(str(tmp_path), gpu_grid.TINY, budget_s)
+  gpu_grid.run_grid(rows, gpu_grid.TINY, str(tmp_path / "work"), guard, results, print, runner)
+  first = results.manifest[0]
+  assert first["status"].startswith("stopped after") and "share" in first["status"]
+  assert first["actual_s"] == pytest.approx(share_s, abs=0.1)
+  assert results.manifest[1]["status"] == "skipped"  # its estimate, scaled by the overrun
+  assert f"x {overrun:.2f}" in results.manifest[1]["reason"]
+
+
+def test_a_killed_row_leaves_no_process_behind(tmp_path):
+  """run_process kills the row's whole process group at its timeout, a grandchild included."""
+  from bench import processes
+  pid_file = tmp_path / "grandchild.pid"
+  script = ("import subprocess, sys, time;"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+  lines = []
+  code, seconds = processes.run_process([sys.executable, "-c", script], dict(os.environ), 2.0,
+                                        lines.append)
+  assert code is None and seconds < 15
+  grandchild = int(pid_file.read_text())
+  assert not os.path.exists(f"/proc/{grandchild}") or _zombie(grandchild)
+  assert lines[0].startswith("$ ")
+
+
+def _zombie(pid: int) -> bool:
+  with open(f"/proc/{pid}/stat") as f:
+    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{out}", "--only=r999-*"], r"--only=r999-\* matches no row; the rows are r110-m18-f32, "),
+    (["{out}", "--budget_s=20"], r"--budget_s=20 is too small: the preflight alone may take"),
+    (["{file}"], r"OUT=.*file is a file; give a folder"),
+    (["{foreign}"], r"OUT=.*foreign holds notes.txt, which bench/gpu.sh did not write"),
+    ([], r"give one results folder: bench/gpu.sh OUT"),
+])
+def test_gpu_sh_refuses_bad_input_in_one_sentence(tmp_path, args, message):
+  (tmp_path / "file").write_text("x")
+  (tmp_path / "foreign").mkdir()
+  (tmp_path / "foreign" / "notes.txt").write_text("mine")
+  paths = {"out": tmp_path / "out", "file": tmp_path / "file", "foreign": tmp_path / "foreign"}
+  result = subprocess.run([os.path.join(REPO, "bench", "gpu.sh"),
+                           *[a.format(**paths) for a in args]],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": sys.executable})
+  assert result.returncode == 2, result.stderr[-2000:]
+  last, = result.stderr.strip().splitlines()
+  assert re.match(rf"bench/gpu.sh: {message}", last) and last.endswith(".")
+  assert not (tmp_path / "out").exists() and (tmp_path / "file").read_text() == "x"
+  assert os.listdir(tmp_path / "foreign") == ["notes.txt"]
+
+
+def test_report_of_a_gpu_results_folder(tmp_path):
+  from bench import gpu_grid
+  record = {"framework": "bnjax", "depth": 110, "members": 2, "executor": "vmap",
             "resolved_executor": "vmap", "dtype": "bfloat16", "precision": "default",
             "scan_blocks": False, "step_time_s": 0.5, "images_per_s": 16.0,
             "images_per_s_per_member": 8.0, "compile_time_s": 0.0, "new_programs": 0,
             "spread": 0.08, "peak_memory_bytes": 2**20, "peak_memory_source": "x"}
   failed = {**record, "executor": "map", "error": "XlaRuntimeError: RESOURCE_EXHAUSTED"}
+  baseline = {"framework": "torch", "depth": 110, "members": 2, "dtype": "bfloat16",
+              "precision": "default", "images_per_s": 8.0, "step_time_s": 1.0,
+              "images_per_s_per_member": 4.0, "compile_time_s": 0.0, "compiled": True}
   device = {"device_kind": "gpu", "backend": "gpu", "cpu_count": 16, "jax_version": "0"}
-  (tmp_path / "r8-m2-bf16.json").write_text(json.dumps({"device": device,
-                                                        "records": [record, failed]}))
-  (tmp_path / "manifest.json").write_text(json.dumps({"rows": [
-      {"name": "r8-m2-bf16", "status": "done"},
-      {"name": "r8-m1-f32", "status": "skipped", "reason": "needs ~9 s"}]}))
+  results = gpu_grid.Results(str(tmp_path), gpu_grid.GPU, 100, device=device,
+                             records=[record, failed, baseline],
+                             preflight={"ok": False, "error": "torch: no CUDA."})
+  results.manifest = [{"name": "r110-m2-bf16", "status": "done"},
+                      {"name": "r110-m1-f32", "status": "skipped", "reason": "needs ~9 s"}]
+  results.write()
+  assert sorted(os.listdir(tmp_path)) == ["manifest.json", "results.json", "table.md"]
   table = report.folder_markdown(str(tmp_path))
-  assert "| bnjax | 8 | 2 | vmap | no | bfloat16 | 16.0 | 8 |" in table
+  assert table == (tmp_path / "table.md").read_text().strip()
+  assert table.startswith("Preflight: failed: torch: no CUDA.")
+  assert "| bnjax | 110 | 2 | vmap | no | bfloat16 | 16.0 | 8 |" in table
+  assert "| 2.00x |" in table  # vs torch, from the baseline's row
   assert "0.0 r" in table and "failed: XlaRuntimeError: RESOURCE_EXHAUSTED" in table
-  assert "spread over 5%" in table and "- r8-m1-f32: skipped (needs ~9 s)" in table
+  assert "spread over 5%" in table and "- r110-m1-f32: skipped (needs ~9 s)" in table
+  assert "ResNet-110 M=2 bfloat16: best vmap 16 img/s = 0.0 TFLOP/s" in table
+
+
+def test_preflight_runs_every_check_and_writes_its_results(tmp_path):
+  from bench import preflight
+  out = tmp_path / "preflight.json"
+  results = preflight.main([f"--out={out}"])
+  assert json.loads(out.read_text())["ok"] is True
+  assert results["versions"]["backend"] == "cpu" and results["versions"]["auto"] == "sequential"
+  executors = results["executors"]
+  assert set(executors) - {"seconds"} == set(throughput.executor_lib.EXECUTORS)
+  assert executors["chunked"]["chunks"] == [3, 1]  # a ragged last chunk
+  vmap = executors["vmap"]
+  assert len(set(np.round(vmap["train_loss"], 4))) == 2  # two seeds: a mix-up would show
+  for losses in (executors[name] for name in throughput.executor_lib.EXECUTORS):
+    for key in ("train_loss", "test_loss"):
+      np.testing.assert_allclose(losses[key], vmap[key], rtol=preflight.RTOL)
+  for check in ("bfloat16", "scan", "highest"):
+    assert np.isfinite(results[check]["train_loss"][0])
+  assert results["scan"]["train_loss"][0] == pytest.approx(vmap["train_loss"][0], rel=preflight.RTOL)
+  assert results["compile"]["compile_time_s"] > 0 and results["orbax"]["arrays"] > 10
+  assert results["torch"].get("skipped") or results["torch"]["finite"]
+  assert results["memory"]["peak_bytes"] > 0
+
+
+def test_preflight_stops_with_one_sentence_naming_the_check(tmp_path, monkeypatch, capsys):
+  from bench import preflight
+  with pytest.raises(preflight.PreflightError, match=r"^executor map: its train_loss \[1.0, 3.0\]"
+                     r" differs from vmap's \[1.0, 2.0\] by more than 1%\.$"):
+    preflight.assert_close("executor map", {"train_loss": [1.0, 3.0]},
+                           {"train_loss": [1.0, 2.0]}, "vmap")
+
+  def out_of_memory():
+    raise RuntimeError("RESOURCE_EXHAUSTED: out of memory\nwhile allocating")
+  monkeypatch.setattr(preflight, "versions", out_of_memory)
+  out = tmp_path / "preflight.json"
+  with pytest.raises(SystemExit) as stopped:
+    preflight.main([f"--out={out}"])
+  assert stopped.value.code == 1
+  sentence = "versions: RuntimeError: RESOURCE_EXHAUSTED: out of memory."
+  assert capsys.readouterr().err.strip().splitlines() == [f"preflight failed: {sentence}"]
+  assert json.loads(out.read_text()) == {"ok": False, "error": sentence}
+
+
+def test_a_failed_preflight_stops_the_gpu_command_before_any_row(tmp_path):
+  from bench import gpu_grid
+
+  def failing(command, env, timeout_s, log, cwd=None):
+    out = next(a.split("=", 1)[1] for a in command if a.startswith("--out="))
+    with open(out, "w") as f:
+      json.dump({"ok": False, "error": "executor map: its train_loss is not finite."}, f)
+    return 1, 3.0
+
+  results = gpu_grid.Results(str(tmp_path), gpu_grid.TINY, 100)
+  guard = gpu_grid.Guard(100)
+  with pytest.raises(gpu_grid.UsageError, match=r"^preflight failed: executor map: its"
+                     r" train_loss is not finite; no row ran\.$"):
+    gpu_grid.run_preflight(gpu_grid.TINY, str(tmp_path), guard, results, print, runner=failing)
+  assert results.preflight["ok"] is False and results.preflight["actual_s"] == 3.0
 
 
 def test_startup_times_every_phase_of_a_launch(tmp_path):
