@@ -119,6 +119,7 @@ class Scale:
   torch_compile_s: dict[int, float]  # the baseline's first compile in a run, by depth
   torch_start_s: float  # the baseline's process, its later compiles and its warm-up
   preflight_s: float
+  chunk: int = 6  # the chunked executor's members per call: 18 = 3 x 6, one program
   backend: str = "gpu"  # where `auto` means vmap (on a CPU: sequential)
   scan_factor: float = 0.4  # scanned blocks: of trace and compile time
   margin_s: float = 20.0  # a row's share: twice its estimate plus this
@@ -132,13 +133,14 @@ TINY = Scale(big=14, small=8, head=2, more=(1,), batch=8, steps=2, warmup=1, rep
              start_s=5.0, first_data_s=0.5, trace_s={14: 1.0, 8: 0.7},
              compile_s={14: 2.5, 8: 1.5}, load_s=0.3, member_step_s={14: 0.1, 8: 0.06},
              torch_compile_s={14: 0.0, 8: 0.0}, torch_start_s=4.0, preflight_s=50.0,
-             backend="cpu", margin_s=30.0)
+             chunk=4, backend="cpu", margin_s=30.0)
 
 # From the CPU to the GPU (assumptions, until a GPU run's manifest corrects them):
 CUDA_START_S = 6.0  # starting CUDA and its libraries in each process
 GPU_COMPILE_VS_CPU = 1.5  # XLA:GPU (autotuning convolutions) against XLA:CPU, same program
 GPU_SPEEDUP = 3000.0  # ~45 TFLOP/s of real work against ~15 GFLOP/s on 2 CPU cores
 TORCH_COMPILE_S_PER_LAYER = 0.4  # inductor, one member's training graph (none timed on a CPU)
+SYNTHETIC_S_PER_IMAGE = 1.5e-4  # making the synthetic data: 50,000 images in 7.2 CPU-s here
 
 
 def gpu_scale(tiny: Scale = TINY) -> Scale:
@@ -154,7 +156,8 @@ def gpu_scale(tiny: Scale = TINY) -> Scale:
   return Scale(
       big=110, small=20, head=18, more=(1, 4, 32), batch=batch, steps=3, warmup=2, repeats=3,
       min_round_s=0.5, train_size=50_000, torch_compile=True,
-      start_s=tiny.start_s + CUDA_START_S, first_data_s=tiny.first_data_s * 50_000 / tiny.train_size,
+      start_s=tiny.start_s + CUDA_START_S,
+      first_data_s=tiny.first_data_s + SYNTHETIC_S_PER_IMAGE * 50_000,
       trace_s={d: tiny.trace_s[t] * d / t for d, t in depths.items()},
       compile_s={d: tiny.compile_s[t] * d / t * GPU_COMPILE_VS_CPU for d, t in depths.items()},
       load_s=tiny.load_s * 3,
@@ -203,7 +206,7 @@ class Row:
     if self.kind == "startup":
       return [python, "-m", "bench.startup", "--config=configs/lr_sweep.py",
               f"--config.model.depth={self.depth}", "--config.data.name=synthetic",
-              f"--config.data.synthetic_train_size={scale.train_size}",
+              f"--config.data.synthetic_train_size={scale.train_size // 5}",  # a small launch
               f"--config.data.synthetic_test_size={scale.batch}",
               f"--config.eval_batch_size={scale.batch}",
               f"--config.train.batch_size={scale.batch}", "--config.sweep.lrs=(0.1,)",
@@ -220,7 +223,8 @@ class Row:
     return common + [
         f"--executors={executors}", f"--scan_blocks={str(self.scan).lower()}",
         f"--steps={scale.steps}", f"--warmup={scale.warmup}", f"--repeats={scale.repeats}",
-        f"--min_round_s={scale.min_round_s}", f"--torch={str(self.kind == 'torch').lower()}",
+        f"--min_round_s={scale.min_round_s}", f"--chunk_size={scale.chunk}",
+        f"--torch={str(self.kind == 'torch').lower()}",
         f"--torch_compile={str(scale.torch_compile).lower()}",
         f"--data_cache={os.path.join(work, 'data')}"]
 
@@ -248,7 +252,7 @@ def grid(scale: Scale) -> list[Row]:
   return rows
 
 
-def programs(row: Row, backend: str = "gpu") -> set[tuple]:
+def programs(row: Row, backend: str = "gpu", chunk: int = 6) -> set[tuple]:
   """The distinct compiled programs a row runs (as bench.throughput shares them)."""
   model = (row.depth, row.dtype, row.precision, row.scan)
   if row.kind == "compile":
@@ -268,10 +272,10 @@ def programs(row: Row, backend: str = "gpu") -> set[tuple]:
       keys.add((*model, "vmap", row.members))
     elif executor == "sequential":
       keys.add((*model, "vmap", 1))
-    else:  # chunked, k = 4 (the default chunk size), and the remainder's chunk
-      keys.add((*model, "vmap", min(4, row.members)))
-      if row.members > 4 and row.members % 4:
-        keys.add((*model, "vmap", row.members % 4))
+    else:  # chunked: k members a call, and the remainder's chunk
+      keys.add((*model, "vmap", min(chunk, row.members)))
+      if row.members > chunk and row.members % chunk:
+        keys.add((*model, "vmap", row.members % chunk))
   return keys
 
 
@@ -290,11 +294,12 @@ def estimate(row: Row, scale: Scale, compiled: set[tuple], torch_compiled: set[t
   seconds = scale.start_s + (scale.first_data_s if first else 0.0)
   if row.kind == "compile":
     return seconds + sum(trace + compile_s * (scale.scan_factor if key[3] else 1.0)
-                         for key in programs(row, scale.backend))
+                         for key in programs(row, scale.backend, scale.chunk))
   if row.kind == "startup":  # a cold launch compiles what the warm one loads
     launch = scale.start_s + scale.first_data_s
-    return 2 * launch + len(programs(row, scale.backend)) * (2 * trace + compile_s + scale.load_s)
-  for key in programs(row, scale.backend):
+    count = len(programs(row, scale.backend, scale.chunk))
+    return 2 * launch + count * (2 * trace + compile_s + scale.load_s)
+  for key in programs(row, scale.backend, scale.chunk):
     seconds += trace + (compile_s * scan_factor if key not in compiled else scale.load_s)
   step = scale.member_step_s[row.depth] * row.members * (0.6 if row.dtype == "bfloat16" else 1.0)
   step *= 3.0 if row.scan else 1.0  # unmeasured on a GPU; XLA:CPU ran scans far slower
@@ -310,7 +315,7 @@ def plan(rows: list[Row], scale: Scale) -> list[float]:
   for i, row in enumerate(rows):
     out.append(estimate(row, scale, compiled, torch_compiled, first=i == 0))
     if row.kind == "bnjax":
-      compiled |= programs(row, scale.backend)
+      compiled |= programs(row, scale.backend, scale.chunk)
     elif row.kind == "torch":
       torch_compiled.add((row.depth, row.dtype))
   return out
@@ -484,7 +489,7 @@ def _write_json(path: str, value: Any) -> None:
 
 
 def earlier_results(out: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], Any]:
-  """(manifest entries of rows done, their records, the startup result) of an earlier run into OUT."""
+  """(rows done, their records, the startup result) of an earlier run into OUT."""
   path = os.path.join(out, "results.json")
   if not os.path.exists(path):
     return {}, [], None

@@ -174,7 +174,8 @@ def check_executors(dataset: data.Dataset, trained: list[loop.ArmRun]) -> dict[s
   return results
 
 
-def check_variant(name: str, dataset: data.Dataset, change: Callable[[ml_collections.ConfigDict], None],
+def check_variant(name: str, dataset: data.Dataset,
+                  change: Callable[[ml_collections.ConfigDict], None],
                   reference: dict[str, list[float]] | None,
                   warnings: list[str] | None = None) -> dict[str, Any]:
   """One sequential step of the first member with `change` applied; close to `reference`."""
@@ -200,7 +201,8 @@ def check_compile_only() -> dict[str, Any]:
                                  dtypes=("float32",), scan_blocks=(False,), compile_only=True)
   record, = throughput.compile_times(settings)
   if not record["compile_time_s"] > 0:
-    raise PreflightError("compile-only: compiling the vmapped step took no time, so it did not run.")
+    raise PreflightError("compile-only: compiling the vmapped step took no time, so it did not"
+                         " run.")
   return {"lower_time_s": record["lower_time_s"], "compile_time_s": record["compile_time_s"]}
 
 
@@ -238,7 +240,8 @@ def finish_torch_check(process: subprocess.Popen | None, timeout_s: float = 120)
   except subprocess.TimeoutExpired:
     process.kill()
     process.communicate()
-    raise PreflightError(f"torch: a conv step on CUDA did not finish in {timeout_s:.0f} s.") from None
+    raise PreflightError(
+        f"torch: a conv step on CUDA did not finish in {timeout_s:.0f} s.") from None
   if process.returncode != 0:
     last = (stderr.strip().splitlines() or ["no output"])[-1]
     raise PreflightError(f"torch: its check failed with exit code {process.returncode} ({last}).")
@@ -252,7 +255,7 @@ def finish_torch_check(process: subprocess.Popen | None, timeout_s: float = 120)
 
 
 def run(log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Runs every check in order; returns their results. Raises PreflightError at the first failure."""
+  """Runs every check in order and returns their results; the first failure raises."""
   results = {}
   torch_process = start_torch_check()  # runs alongside the JAX checks
 

@@ -295,7 +295,7 @@ def test_gpu_costs_are_the_tiny_cpu_grids_scaled():
 
 
 def _fake_runner(rows, now, ran, factor):
-  """A row runner on the clock `now`: each row takes `factor` times its estimate, up to its share."""
+  """A row runner on the clock `now`: a row takes `factor` x its estimate, at most its share."""
   from bench import gpu_grid
   estimates = dict(zip([r.name for r in rows], gpu_grid.plan(rows, gpu_grid.TINY)))
 
@@ -437,7 +437,8 @@ def test_preflight_runs_every_check_and_writes_its_results(tmp_path):
       np.testing.assert_allclose(losses[key], vmap[key], rtol=preflight.RTOL)
   for check in ("bfloat16", "scan", "highest"):
     assert np.isfinite(results[check]["train_loss"][0])
-  assert results["scan"]["train_loss"][0] == pytest.approx(vmap["train_loss"][0], rel=preflight.RTOL)
+  assert results["scan"]["train_loss"][0] == pytest.approx(vmap["train_loss"][0],
+                                                           rel=preflight.RTOL)
   assert results["compile"]["compile_time_s"] > 0 and results["orbax"]["arrays"] > 10
   assert results["torch"].get("skipped") or results["torch"]["finite"]
   assert results["memory"]["peak_bytes"] > 0
