@@ -97,6 +97,7 @@ def tiny_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 10
   config.eval_batch_size = 16
   config.chunk_size = 3  # four members: chunks of 3 and 1
+  config.mesh.members = 1  # one device, however many the host has
   return config
 
 
