@@ -17,14 +17,10 @@ import pytest
 
 from bnjax import checkpoint, curves, errors, executor, loop, sweep, train, workdir as workdir_lib
 
-from conftest import REPO, tiny_config
+from conftest import REPO, SWEEP_ARGS, sweep_env, tiny_config
 
-NUM_STEPS = 16
-ARGS = ["--config=configs/lr_sweep.py:smoke", f"--config.train.num_steps={NUM_STEPS}",
-        "--config.sweep.lrs=(0.05,0.3)", "--config.sweep.seeds=(0,)",
-        "--config.train.batch_size=8", "--config.data.synthetic_train_size=256",
-        "--config.data.synthetic_test_size=64", "--config.eval_batch_size=64",
-        "--config.log_every=1", "--config.eval_every=4", "--config.checkpoint.every=3"]
+NUM_STEPS = 12
+ARGS = SWEEP_ARGS  # NUM_STEPS steps, checkpoints every 3
 
 
 def _command(workdir, *extra):
@@ -32,8 +28,8 @@ def _command(workdir, *extra):
 
 
 def _env():
-  """The runs inherit the session's compilation cache (see conftest.py)."""
-  return {**os.environ, "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
+  """As the shared `trained_sweep` ran (with the session's compilation cache)."""
+  return sweep_env()
 
 
 def _run(workdir, *extra, timeout=300):
@@ -80,18 +76,16 @@ def _assert_same_final_state(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-  result = _run(workdir)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+def uninterrupted(trained_sweep):
+  """The sweep run without interruption: the shared one (read it; copy it to change it)."""
+  return trained_sweep
 
 
 def test_killed_then_interrupted_run_resumes_bit_identical(uninterrupted, tmp_path):
   """SIGKILL, then Ctrl-C (SIGINT), which saves and stops as SIGTERM does (exit 130, no
   traceback; SIGTERM to a multi-process run: tests/test_multiprocess.py), then resume."""
   workdir = tmp_path / "run"
-  kill_at, term_at = np.random.default_rng(0).integers([2, 9], [8, 14])
+  kill_at, term_at = np.random.default_rng(0).integers([2, 6], [5, 9])
   killed = _start_and_signal(workdir, int(kill_at), signal.SIGKILL)
   assert killed.returncode == -signal.SIGKILL
   preempted = _start_and_signal(workdir, int(term_at), signal.SIGINT)
@@ -114,7 +108,7 @@ def test_killed_then_interrupted_run_resumes_bit_identical(uninterrupted, tmp_pa
 
 def test_first_last_and_latest_checkpoints_are_kept(uninterrupted):
   # every=3, keep=3: the latest three saves plus the first and the last step.
-  assert checkpoint.available_steps(uninterrupted) == [0, 12, 15, 16]
+  assert checkpoint.available_steps(uninterrupted) == [0, 6, 9, 12]
 
 
 def test_a_different_config_cannot_touch_an_existing_run(uninterrupted):
@@ -175,12 +169,12 @@ def test_a_flipped_byte_is_found_on_every_restore(uninterrupted, tmp_path):
   _flip_bytes(workdir / "checkpoints" / str(NUM_STEPS))
   damaged = (f"checkpoints/{NUM_STEPS} is damaged: the array .* \\(step {NUM_STEPS}\\) does"
              " not match the checksum saved with it.*delete that directory to fall back to the"
-             " previous checkpoint \\(step 15\\)")
+             " previous checkpoint \\(step 9\\)")
   with pytest.raises(errors.WorkdirError, match=damaged):
     checkpoint.load(workdir)
   with pytest.raises(errors.WorkdirError, match=damaged):
     loop.train_sweep(checkpoint.read_config(workdir), str(workdir))
-  assert checkpoint.load(workdir, step=15).step == 15  # the others are intact
+  assert checkpoint.load(workdir, step=9).step == 9  # the others are intact
 
 
 def test_example_script_inspects_a_member(uninterrupted):
@@ -188,7 +182,7 @@ def test_example_script_inspects_a_member(uninterrupted):
   result = subprocess.run([*script, f"--workdir={uninterrupted}"],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"lr=0.3) at step {NUM_STEPS}: test accuracy" in result.stdout
+  assert f"lr=0.7) at step {NUM_STEPS}: test accuracy" in result.stdout  # the highest rate
   assert "stem/conv/kernel" in result.stdout
   # A positional path, as the script once took, is refused with the flag to use instead.
   positional = subprocess.run([*script, str(uninterrupted)], cwd=REPO, env=_env(),

@@ -31,16 +31,9 @@ import pytest
 
 from bnjax import checkpoint
 
-from conftest import REPO
+from conftest import REPO, SWEEP_ARGS, sweep_env
 
-# As tests/test_mesh.py: three members per arm, so each arm is padded over 2 devices.
-ARGS = ["--config=configs/lr_sweep.py:smoke", "--config.train.num_steps=12",
-        "--config.sweep.lrs=(0.05,0.3,0.7)", "--config.sweep.seeds=(0,)",
-        "--config.train.batch_size=8", "--config.data.synthetic_train_size=256",
-        "--config.data.synthetic_test_size=64", "--config.eval_batch_size=64",
-        "--config.log_every=2", "--config.eval_every=4", "--config.checkpoint.every=3"]
-_LAUNCH_VARIABLES = ("BNJAX_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-                     "JAX_PROCESS_ID")
+ARGS = SWEEP_ARGS  # three members per arm: each arm is padded over 2 devices
 
 
 def _free_port() -> int:
@@ -51,13 +44,10 @@ def _free_port() -> int:
 
 def _start(workdir, log, *extra, **variables: str) -> subprocess.Popen:
   """Starts `python -m bnjax.main` on one CPU device, its output into the file `log`."""
-  env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARIABLES}
-  env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1", **variables)
   with open(log, "w") as out:
     return subprocess.Popen(
         [sys.executable, "-m", "bnjax.main", f"--workdir={workdir}", *ARGS, *extra],
-        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        cwd=REPO, env=sweep_env(**variables), stdout=out, stderr=subprocess.STDOUT)
 
 
 def _start_two(workdir, logs, *extra) -> list[subprocess.Popen]:
@@ -98,13 +88,11 @@ def _same_outputs(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """The sweep in one process, and in two processes at once (side by side)."""
+def runs(tmp_path_factory, trained_sweep):
+  """The sweep in one process (the shared `trained_sweep`), and in two processes."""
   root = tmp_path_factory.mktemp("multiprocess")
-  one = _start(root / "one", root / "one.log")
-  two = _start_two(root / "two", root)
-  _wait([one], [root / "one.log"])
-  _wait(two, [root / "process0.log", root / "process1.log"])
+  _wait(_start_two(root / "two", root), [root / "process0.log", root / "process1.log"])
+  os.symlink(trained_sweep, root / "one")
   return root
 
 
