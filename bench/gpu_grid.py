@@ -7,8 +7,9 @@ First `python -m bench.preflight` (a minute of checks; the command stops
 with its one sentence if one fails), then the rows, one process each, in the
 order of what they decide:
 
-  1. ResNet-110, M = 18, every executor: float32 (TF32 on a GPU) and bfloat16
-  2. the PyTorch baseline of the same, members one after another
+  1. ResNet-110, M = 18, every executor in float32 (TF32 on a GPU), then the
+     PyTorch baseline of the same, members one after another
+  2. the same two in bfloat16
   3. ResNet-20, M = 18, every executor, and its baseline
   4. the M sweep: ResNet-110 at M = 1, 4 and 32
   5. compile-only: ResNet-110, M = 18, unrolled and scanned blocks, cold
@@ -238,8 +239,8 @@ def grid(scale: Scale) -> list[Row]:
   """
   big, small, head = scale.big, scale.small, scale.head
   one = ("vmap", "sequential", "auto")
-  rows = [Row(big, head), Row(big, head, "bfloat16"),
-          Row(big, head, kind="torch"), Row(big, head, "bfloat16", kind="torch"),
+  rows = [Row(big, head), Row(big, head, kind="torch"),
+          Row(big, head, "bfloat16"), Row(big, head, "bfloat16", kind="torch"),
           Row(small, head), Row(small, head, kind="torch")]
   rows += [Row(big, m, executors=one if m == 1 else ALL_EXECUTORS) for m in scale.more]
   rows += [Row(big, head, kind="compile"), Row(big, 2, kind="startup")]
