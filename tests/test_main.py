@@ -217,9 +217,12 @@ def test_missing_cifar10_from_the_command_line(tmp_path):
 def test_smoke_sweep_end_to_end(tmp_path):
   """The README's first quick-start command, as a user runs it, on a sixth of its members.
 
-  Seed 1 at rate 0.3 is where BN trains and the no-BN member diverges; the
-  other members (whose numbers the README's F1 row gives) would add time and
-  no path. (A rerun with another config is refused: tests/test_checkpoint.py.)
+  Seed 1 at rate 0.3 is where BN trains and the no-BN member does not: it
+  diverges on jax 0.10's XLA:CPU and stays at chance on jax 0.12's and on a
+  GPU (the README's F1 row gives every member on each). The other members
+  would add time and no path. (A rerun with another config is refused:
+  tests/test_checkpoint.py; the closing table's diverged column:
+  tests/test_logs.py.)
   """
   workdir = tmp_path / "smoke"
   result = _main(workdir, "--config.sweep.seeds=(1,)", "--config.sweep.lrs=(0.3,)")
@@ -231,19 +234,24 @@ def test_smoke_sweep_end_to_end(tmp_path):
   bn = [m for m in members if m["norm"] == "batch"]
   no_bn = [m for m in members if m["norm"] == "none"]
   assert all(m["status"] == "trained" for m in bn)
-  assert no_bn[0]["status"] == "diverged" and no_bn[0]["diverged_step"] is not None
+  assert no_bn[0]["status"] in ("diverged", "trained")
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   final = {r["member"]: r for r in lines if r["step"] == config["train"]["num_steps"]}
   assert set(final) == {m["member"] for m in members if m["status"] == "trained"}
   for record in final.values():
     assert {"train_loss", "train_accuracy", "grad_norm", "param_norm", "learning_rate",
             "test_loss", "test_accuracy", "lr", "seed", "norm"} <= set(record)
-  # BN learns the synthetic task at the rate at which no BN diverges.
+  # BN learns the synthetic task at the rate at which no BN diverges or stays at chance.
   assert final[bn[0]["member"]]["test_accuracy"] > 0.9
+  if no_bn[0]["status"] == "diverged":
+    assert "diverged 1 of 1" in result.stderr
+    assert f"seed 1 at step {no_bn[0]['diverged_step']}" in result.stderr
+  else:
+    assert no_bn[0]["diverged_step"] is None
+    assert final[no_bn[0]["member"]]["test_accuracy"] < 0.2
   assert "images/s" in result.stderr and "ETA" in result.stderr
   # Progress per arm, the closing table; no Orbax or backend chatter without -v=1.
-  assert "norm=none: train loss" in result.stderr and "diverged 1 of 1" in result.stderr
+  assert "norm=none: train loss" in result.stderr
   assert "norm   lr   trained  train acc  test acc  diverged" in result.stderr
-  assert f"seed 1 at step {no_bn[0]['diverged_step']}" in result.stderr
   assert "orbax" not in result.stderr.lower() and "Unable to initialize backend" not in result.stderr
   assert os.path.getsize(workdir / "figures" / "accuracy.png") > 10_000
