@@ -504,3 +504,17 @@ def test_report_names_the_model_when_it_is_not_bn_with_option_a():
   mixed = report.model_note([record, {**record, "norm": "none"}])
   assert len(mixed) == 1 and "norm=batch, shortcut=A" in mixed[0]
   assert "norm=none, shortcut=A" in mixed[0]
+
+
+def test_checksum_benchmark_times_checksums_against_the_save_they_guard():
+  from bench import checksums
+  from bnjax import config as config_lib
+  config = config_lib.base_config()
+  config.model.depth = 8
+  config.sweep.lrs, config.sweep.seeds = (0.1,), (0, 1)
+  result = checksums.measure(config, repeats=1)
+  # Two arms of two ResNet-8 members (about 78k parameters each): params and momentum.
+  assert result["payload_bytes"] > 4 * 2 * 2 * 2 * 70_000
+  assert result["checksums_s"] > 0 and result["save_total_s"] >= result["save_blocking_s"] > 0
+  assert result["checksums_over_save"] == result["checksums_s"] / result["save_total_s"]
+  assert all(len(v) == 1 for v in result["seconds"].values())
