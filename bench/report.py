@@ -1,7 +1,7 @@
 """Readable text for benchmark records: one row per measurement, and the table.
 
     python -m bench.report bench/results/cpu_resnet20.json ...
-    python -m bench.report bench/results/gpu-2026-12-01/
+    python -m bench.report bench/results/gpu-h200/
 
 prints the records of saved results as Markdown tables, the form
 docs/performance.md quotes them in. A folder is the output of bench/gpu.sh:
