@@ -96,19 +96,32 @@ def synthetic_split(seed: int, size: int, noise: float = 0.6) -> tuple[np.ndarra
   labels = rng.integers(0, NUM_CLASSES, size=size)
   shifts = rng.integers(-8, 9, size=(size, 2))
   contrast = rng.uniform(0.6, 1.4, size=(size, 1, 1, 1))
-  # The circular shift as one gather: output pixel (y, x) is template pixel
-  # (y - shift_y, x - shift_x) mod 32.
-  rows_Nx32 = (np.arange(32)[None] - shifts[:, :1]) % 32
-  cols_Nx32 = (np.arange(32)[None] - shifts[:, 1:]) % 32
-  images = templates[labels[:, None, None], rows_Nx32[:, :, None], cols_Nx32[:, None, :]]
-  images *= contrast
-  pixel_noise = rng.standard_normal(images.shape)
-  pixel_noise *= noise
-  images += pixel_noise
-  images *= 50.0
-  images += 127.5
-  np.clip(images, 0, 255, out=images)
-  return images.astype(np.uint8), labels.astype(np.int32)
+  # The circular shift: output pixel (y, x) is template pixel (y - shift_y,
+  # x - shift_x) mod 32, i.e. the 32x32 window at offset (-shift mod 32) of the
+  # template tiled 2x2.
+  windows_10x33x33x3x32x32 = np.lib.stride_tricks.sliding_window_view(
+      np.tile(templates, (1, 2, 2, 1)), (32, 32), axis=(1, 2))
+  offsets_Nx2 = -shifts % 32
+  # In chunks through two reused float64 buffers: the noise is drawn in the
+  # same order, so the numbers are those of one whole-split draw, without
+  # first touching ~1 GB of fresh float64 arrays (seconds at the smoke size).
+  images = np.empty((size, 32, 32, 3), np.uint8)
+  chunk = max(1, min(size, 512))
+  pixels, pixel_noise = np.empty((chunk, 32, 32, 3)), np.empty((chunk, 32, 32, 3))
+  for start in range(0, size, chunk):
+    part = slice(start, min(start + chunk, size))
+    x, z = pixels[:part.stop - start], pixel_noise[:part.stop - start]
+    np.copyto(x.transpose(0, 3, 1, 2),
+              windows_10x33x33x3x32x32[labels[part], offsets_Nx2[part, 0], offsets_Nx2[part, 1]])
+    x *= contrast[part]
+    rng.standard_normal(out=z)
+    z *= noise
+    x += z
+    x *= 50.0
+    x += 127.5
+    np.clip(x, 0, 255, out=x)
+    np.copyto(images[part], x, casting="unsafe")  # as astype(np.uint8)
+  return images, labels.astype(np.int32)
 
 
 def _class_templates(num_waves: int = 3) -> np.ndarray:
