@@ -37,7 +37,8 @@ def save(fig: Figure, path: str, title: str, setting: str | None = None,
   """
   for ax in fig.axes:
     _note_if_nothing_to_draw(ax)
-  fig.suptitle(title if setting is None else f"{title}\n{setting}")
+  fig.suptitle(title if setting is None else f"{title}\n{setting}",
+               wrap=True)  # within a figure narrower than the title (one panel)
   fig.tight_layout(rect=(0, 0, right, 1))
   with files.replaced(path, binary=True) as f:
     fig.savefig(f, format="png", dpi=120)

@@ -112,6 +112,17 @@ def test_a_non_finite_measurement_is_drawn_as_such(tmp_path):
   assert os.path.getsize(path) > 1000
 
 
+def test_a_title_wider_than_its_figure_is_wrapped_inside_it(tmp_path):
+  """A one-arm divergence figure is 5.2 inches wide; its title used to run off both edges."""
+  from bnjax import plots
+  fig, _ = plots.subplots(2, 1, figsize=(5.2, 7.5), squeeze=False)
+  title = "Divergence along the minibatch gradient (train-mode BN), at checkpoint step 10"
+  setting = "MLP 8x256, BN; synthetic data (8192 training images)"
+  plots.save(fig, str(tmp_path / "narrow.png"), title, setting)
+  drawn = fig._suptitle._get_wrapped_text()  # what matplotlib draws
+  assert drawn.split() == f"{title}\n{setting}".split() and drawn.count("\n") >= 2
+
+
 def test_analyze_refuses_unknown_analyses_and_seeds(trained_workdir):
   with pytest.raises(errors.ConfigError, match="Unknown analyses.*'train'"):
     analyze.analyze(trained_workdir, analyses=("train",))
