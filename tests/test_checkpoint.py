@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -48,15 +49,24 @@ def _logged_step(workdir) -> int:
 
 
 def _start_and_signal(workdir, at_step: int, sig: int) -> subprocess.CompletedProcess:
-  """Starts a run and sends `sig` once it has logged step `at_step`."""
-  process = subprocess.Popen(_command(workdir), cwd=REPO, env=_env(), text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  deadline = time.time() + 300
-  while _logged_step(workdir) < at_step and process.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  process.send_signal(sig)
-  stdout, stderr = process.communicate(timeout=300)
-  return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+  """Starts a run and sends `sig` once it has logged step `at_step`.
+
+  Its output goes to files, not pipes: nothing reads it until the signal, and
+  a full pipe would block the run before it reached the step.
+  """
+  with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+    process = subprocess.Popen(_command(workdir), cwd=REPO, env=_env(), text=True,
+                               stdout=stdout, stderr=stderr)
+    deadline = time.time() + 300
+    while _logged_step(workdir) < at_step and process.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    process.send_signal(sig)
+    process.wait(timeout=300)
+    outputs = []
+    for out in (stdout, stderr):
+      out.seek(0)
+      outputs.append(out.read())
+  return subprocess.CompletedProcess(process.args, process.returncode, *outputs)
 
 
 def _hashes(workdir) -> dict[str, str]:
