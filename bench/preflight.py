@@ -83,19 +83,21 @@ def tiny_config() -> ml_collections.ConfigDict:
   """One BN arm of four ResNet-8 members (rates 0.05, 0.1 x seeds 0, 1), batch 8, synthetic data.
 
   Each member's losses differ from the others', so that a member, rate or
-  seed mixed up by an executor shows.
+  seed mixed up by an executor shows. The data, schedule and evaluation sizes
+  are those of the tests' `tiny_config(num_steps=100)` (tests/conftest.py),
+  so that the test suite compiles each of these steps once for both.
   """
   config = config_lib.base_config()
   config.model.depth = 8
   config.data.name = "synthetic"
-  config.data.synthetic_train_size = 64
-  config.data.synthetic_test_size = 16
+  config.data.synthetic_train_size = 512
+  config.data.synthetic_test_size = 64
   config.sweep.lrs = (0.05, 0.1)
   config.sweep.seeds = (0, 1)
   config.sweep.arms = config_lib.sweep_arms(norm=("batch",))
   config.train.batch_size = 8
-  config.train.num_steps = 10
-  config.eval_batch_size = 16
+  config.train.num_steps = 100
+  config.eval_batch_size = 32
   config.chunk_size = 3  # four members: chunks of 3 and 1
   config.mesh.members = 1  # one device, however many the host has
   return config

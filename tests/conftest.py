@@ -23,7 +23,7 @@ os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
 import ml_collections
 import pytest
 
-from bnjax import config as config_lib, data
+from bnjax import config as config_lib, data, mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +77,9 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="session")
 def tiny_dataset() -> data.Dataset:
-  return data.synthetic(0, 512, 64)
+  """tiny_config's data, on one device as a run places it, so that steps compiled for it are
+  the programs a run of tiny_config compiles (and bench.preflight's): compiled once per suite."""
+  return mesh.place_replicated(data.synthetic(0, 512, 64), mesh.single_device_mesh())
 
 
 @pytest.fixture(scope="session")

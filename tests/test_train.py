@@ -100,12 +100,13 @@ def test_the_step_is_traced_once_for_all_steps_and_rates(tiny_dataset, monkeypat
   config = tiny_config(num_steps=100)
   model, tx, _, eval_fn = compiled_arm(config.to_json(), "none")
   step_fn = train.make_arm_step(model, tx, config.train.to_dict(), True)  # a fresh cache
-  states = train.init_arm(model, tx, (0, 1), jnp.asarray([0.01, 0.2], jnp.float32))
-  arm = executor.ArmExecutor.create(step_fn, eval_fn, states, 2)
+  # Three members: the program test_executors compiles too (one compile for both).
+  states = train.init_arm(model, tx, (0, 1, 2), jnp.asarray([0.01, 0.2, 0.05], jnp.float32))
+  arm = executor.ArmExecutor.create(step_fn, eval_fn, states, 3)
   for t in range(3):
     arm.step(tiny_dataset, jnp.asarray(t, jnp.int32))
-  other_rates = train.init_arm(model, tx, (2, 3), jnp.asarray([0.5, 1e-4], jnp.float32))
-  arm.load(other_rates, train.zero_metrics(2))
+  other_rates = train.init_arm(model, tx, (3, 4, 5), jnp.asarray([0.5, 1e-4, 0.3], jnp.float32))
+  arm.load(other_rates, train.zero_metrics(3))
   arm.step(tiny_dataset, jnp.asarray(3, jnp.int32))
   assert len(traces) == 1
 
@@ -120,12 +121,14 @@ def test_bfloat16_compute_follows_float32(tiny_dataset):
     tx = train.make_optimizer(0.9, 1e-4)
     step_fn = train.make_arm_step(model, tx, config.train.to_dict(), True)
     states = train.init_arm(model, tx, (0,), jnp.asarray([0.05], jnp.float32))
-    sums, streams = train.zero_metrics(1), jnp.zeros((1,), jnp.uint32)
+    # As a run steps it (placed as the step lays out its outputs): one compile per dtype.
+    arm = executor.ArmExecutor.create(step_fn, train.make_arm_eval(model, 32), states, 1)
     for t in range(40):
-      states, sums = step_fn(states, sums, streams, tiny_dataset, jnp.asarray(t, jnp.int32))
+      arm.step(tiny_dataset, jnp.asarray(t, jnp.int32))
+    states = arm.states
     leaves = jax.tree.leaves((states.params, states.batch_stats, states.opt_state))
     assert {x.dtype for x in leaves} <= {np.dtype("float32"), np.dtype("int32")}
-    losses[dtype] = float(sums["train_loss"][0]) / 40
+    losses[dtype] = float(arm.take_metric_means(40)["train_loss"][0])
   assert abs(losses["bfloat16"] - losses["float32"]) < 0.05 * losses["float32"], losses
 
 
