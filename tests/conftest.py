@@ -11,10 +11,11 @@ import tempfile
 
 # Tests (and the runs they start as subprocesses, which inherit this) compile
 # the same tiny programs many times: share one persistent compilation cache.
-# Set before JAX is imported.
+# Set before JAX is imported. The process that makes the cache (pytest-xdist's controller,
+# whose workers inherit it) removes it when the session ends.
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      tempfile.mkdtemp(prefix="bnjax-test-xla-cache-"))
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="bnjax-test-xla-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Implicit rank promotion ((B,) + (B, K)) is how broadcasting bugs hide: refuse it.
@@ -105,8 +106,6 @@ def trained_sweep(tmp_path_factory) -> pathlib.Path:
   return workdir
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _remove_compilation_cache():
-  yield
+def pytest_sessionfinish(session, exitstatus):  # a hook: under xdist only workers run fixtures
   if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
