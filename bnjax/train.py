@@ -197,7 +197,8 @@ def cross_entropy(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
 
 
 def flat_entries(tree: Any) -> jax.Array:
-  """(N,): every entry of every leaf of `tree` (parameters or gradients), in one vector.
+  """(N,): every entry of every leaf of `tree` (parameters or gradients), in one vector, in
+  `jax.tree.leaves` order (that of `jax.flatten_util.ravel_pytree`).
 
   The train step checks and measures parameters and gradients on this vector, with one
   reduction each. XLA compiles a reduction per leaf as a loop of its own: with them, a
@@ -205,10 +206,6 @@ def flat_entries(tree: Any) -> jax.Array:
   costs is the size of the parameters, small beside a step's activations.
   """
   return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
-
-
-def vector_norm(entries_N: jax.Array) -> jax.Array:
-  return jnp.sqrt(jnp.sum(jnp.square(entries_N)))
 
 
 def train_forward(model: nn.Module, variables: Mapping[str, Any], images_BxHxWxC: jax.Array,
@@ -270,8 +267,8 @@ def member_step(model: nn.Module, tx: optax.GradientTransformation,
   metrics = {
       "train_loss": jnp.where(finite, loss, jnp.nan),
       "train_accuracy": jnp.where(finite, jnp.mean(jnp.argmax(logits, -1) == labels_B), jnp.nan),
-      "grad_norm": vector_norm(grads_N),
-      "param_norm": vector_norm(flat_entries(new_state.params)),
+      "grad_norm": jnp.linalg.norm(grads_N),
+      "param_norm": jnp.linalg.norm(flat_entries(new_state.params)),
   }
   return new_state, metrics
 

@@ -41,7 +41,7 @@ def _batch(size: int):
 def test_per_example_grads_average_to_batch_gradient_linear():
   losses, params, x, y = _linear_problem()
   grads_NxP = noise.per_example_grads(losses, params, x, y)
-  batch_grad = noise.flatten(jax.grad(lambda p: losses(p, x, y).mean())(params))
+  batch_grad = train.flat_entries(jax.grad(lambda p: losses(p, x, y).mean())(params))
   np.testing.assert_allclose(grads_NxP.mean(0), batch_grad, rtol=1e-5, atol=1e-7)
 
 
@@ -51,7 +51,7 @@ def test_per_example_grads_average_to_batch_gradient_resnet_without_bn():
   grads_NxP = jax.jit(lambda v: noise.per_example_grads(
       noise.separable_loss(model, v), v["params"], images, labels))(variables)
   loss_fn = lambda p: common.loss(model, {**variables, "params": p}, images, labels)
-  batch_grad = noise.flatten(jax.jit(jax.grad(loss_fn))(variables["params"]))
+  batch_grad = train.flat_entries(jax.jit(jax.grad(loss_fn))(variables["params"]))
   np.testing.assert_allclose(grads_NxP.mean(0), batch_grad, rtol=1e-4,
                              atol=1e-5 * float(jnp.abs(batch_grad).max()))
 
@@ -102,7 +102,7 @@ def test_measured_noise_respects_bound_when_every_minibatch_is_enumerated():
   assert measured_without < bound
   # The Gram shortcut is the noise of the minibatch's actual gradient.
   for idx in without[:5]:
-    g_batch = noise.flatten(jax.grad(lambda p: losses(p, x[idx], y[idx]).mean())(params))
+    g_batch = train.flat_entries(jax.grad(lambda p: losses(p, x[idx], y[idx]).mean())(params))
     np.testing.assert_allclose(noise.minibatch_noise(stats["gram_NxN"], idx[None])[0],
                                jnp.sum(jnp.square(g_batch - stats["mean_grad_P"])), rtol=1e-4)
   np.testing.assert_allclose(stats["C_L"].sum(), stats["C"], rtol=1e-5)
@@ -159,7 +159,7 @@ def _straightforward_f2(config, model, variables, images, labels, lr: float,
   a, batch = config.analysis, config.train.batch_size
   n, params = labels.shape[0], variables["params"]
   loss = noise.separable_loss(model, noise.pool_statistics(model, variables, images))
-  grad = jax.jit(lambda x, y: noise.flatten(jax.grad(lambda p: loss(p, x, y)[0])(params)))
+  grad = jax.jit(lambda x, y: train.flat_entries(jax.grad(lambda p: loss(p, x, y)[0])(params)))
   grads_NxP = np.stack([grad(images[i:i + 1], labels[i:i + 1]) for i in range(n)]).astype(np.float64)
   mean_P = grads_NxP.mean(0)
   c, grad_sq = np.mean(np.sum((grads_NxP - mean_P) ** 2, 1)), np.sum(mean_P ** 2)

@@ -126,7 +126,7 @@ def test_analyses_see_a_registered_model_in_depth_order(mlp, tiny_dataset):
   np.testing.assert_allclose(norms, [np.linalg.norm(grads[n]["kernel"]) for n in MLP_LAYERS],
                              rtol=1e-6)
   params = variables["params"]
-  sums = noise.layer_sums(model, params, jnp.square(noise.flatten(params)))
+  sums = noise.layer_sums(model, params, jnp.square(train.flat_entries(params)))
   assert [path for path, _ in sums] == [f"{n}/{leaf}" for n in MLP_LAYERS
                                         for leaf in ("bias", "kernel")]
   for path, value in sums:

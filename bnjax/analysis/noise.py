@@ -97,20 +97,15 @@ def separable_loss(model: nn.Module, variables: common.Variables) -> LossFn:
 
 
 def per_example_grads(loss_fn: LossFn, params: Any, x_N: jax.Array, y_N: jax.Array) -> jax.Array:
-  """∇ℓ_i for each of N examples, flattened to (N, P) in `flatten` order.
+  """∇ℓ_i for each of N examples, flattened to (N, P) in `train.flat_entries` order.
 
   An example whose loss or gradient is not finite gets a row of NaN.
   """
   def one(x, y):
     value, grad = jax.value_and_grad(lambda p: loss_fn(p, x[None], y[None])[0])(params)
-    grad_P = flatten(grad)
+    grad_P = train.flat_entries(grad)
     return jnp.where(jnp.isfinite(value) & jnp.all(jnp.isfinite(grad_P)), grad_P, jnp.nan)
   return jax.vmap(one)(x_N, y_N)
-
-
-def flatten(tree: Any) -> jax.Array:
-  """The leaves of a pytree concatenated into one vector (P,), in `jax.tree.leaves` order."""
-  return flatten_util.ravel_pytree(tree)[0]
 
 
 def leaf_sizes(tree: Any) -> list[int]:
@@ -120,7 +115,7 @@ def leaf_sizes(tree: Any) -> list[int]:
 def layer_sums(model: nn.Module, params: Any, values_P: jax.Array) -> list[tuple[str, jax.Array]]:
   """[(leaf path, () sum of values_P over that leaf)] in the model's depth order.
 
-  `values_P` is a vector in `flatten` order of `params`, e.g.
+  `values_P` is a vector in `train.flat_entries` order of `params`, e.g.
   `noise_statistics(...)["C_P"]`, whose sums are the per-leaf C. The model
   orders the leaves (`models.ordered_leaves`): a ResNet's stem first, the
   classifier last, one entry per block when its blocks are scanned.
@@ -139,7 +134,7 @@ def noise_statistics(grads_NxP: jax.Array, sizes: tuple[int, ...]) -> dict[str, 
                       over the pool, normalised by N),
     C_P               E_i (∇ℓ_i − ∇ℓ)² per coordinate (P,); `layer_sums` gives
                       its per-leaf sums (the C_L) in depth order,
-    C_L               per-leaf C (L = len(sizes)), in `flatten` order,
+    C_L               per-leaf C (L = len(sizes)), in `train.flat_entries` order,
     b_simple          () tr Σ / ‖∇ℓ‖² (McCandlish et al.'s simple noise scale),
     gram_NxN          ⟨∇ℓ_i − ∇ℓ, ∇ℓ_j − ∇ℓ⟩,
     mean_dot_N        ⟨∇ℓ_i − ∇ℓ, ∇ℓ⟩.
@@ -219,7 +214,7 @@ def two_batch_noise_scale(sq_norm_small: jax.Array, sq_norm_big: jax.Array,
 def train_mode_grad(model: nn.Module, variables: common.Variables,
                     images_BxHxWxC: jax.Array, labels_B: jax.Array) -> jax.Array:
   """The optimizer's minibatch gradient (train-mode BN), flattened (P,); NaN on overflow."""
-  return flatten(common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)[1])
+  return train.flat_entries(common.loss_and_grad(model, variables, images_BxHxWxC, labels_B)[1])
 
 
 def train_mode_noise(model: nn.Module, variables: common.Variables, images_BxHxWxC: jax.Array,
